@@ -1,0 +1,1 @@
+"""Bluesky plans, the catalogue, replay and the CLI."""

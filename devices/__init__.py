@@ -1,0 +1,36 @@
+"""Ophyd devices of an LED-illuminated microscope and a physically based simulation of one.
+
+Three roles: a camera (frames to HDF5, focus measures as readings), LED-array
+illumination (named patterns) and a Z stage (µm, soft limits). Importing this
+package never imports torch, bluesky plans or the catalogue.
+"""
+
+from .camera import HDF5_DATASET, SimCamera
+from .led import PATTERNS, LEDIllumination, angle_pattern, led_index_pattern
+from .microscope import SimMicroscope
+from .optics import CameraSensor, LEDArray, Objective, depth_of_field_um
+from .samples import SAMPLE_FAMILIES, ImageSample, ProceduralSample, Sample, ZStackSample
+from .simulator import FocusState, OpticalModel
+from .stage import SimZStage
+
+__all__ = [
+    "HDF5_DATASET",
+    "PATTERNS",
+    "SAMPLE_FAMILIES",
+    "CameraSensor",
+    "FocusState",
+    "ImageSample",
+    "LEDArray",
+    "LEDIllumination",
+    "Objective",
+    "OpticalModel",
+    "ProceduralSample",
+    "Sample",
+    "SimCamera",
+    "SimMicroscope",
+    "SimZStage",
+    "ZStackSample",
+    "angle_pattern",
+    "depth_of_field_um",
+    "led_index_pattern",
+]

@@ -1,0 +1,278 @@
+"""Simulated camera: frames to one SWMR HDF5 file per run, focus measures as readings.
+
+The image itself never travels in events: ``stage()`` opens the run's HDF5
+file and emits a StreamResource; each ``trigger()`` appends one frame and
+emits a StreamDatum (``external: "STREAM:"``). Per-frame scalars computed
+from the frame (the configured focus measures, mean, max, saturated
+fraction) are ordinary readings, like an areaDetector Stats plugin.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+from event_model import StreamRange, compose_stream_resource
+from ophyd import Component as Cpt
+from ophyd import Device, Signal
+from ophyd.status import DeviceStatus
+
+from models.focus_measures import FOCUS_MEASURES, focus_measure
+
+from .simulator import CameraSettings, OpticalModel
+
+__all__ = ["HDF5_DATASET", "SimCamera"]
+
+HDF5_DATASET = "/entry/data/data"
+
+
+class _CheckedSignal(Signal):
+    """A configuration signal that validates a value before accepting it."""
+
+    def __init__(self, *args, check=None, **kwargs):
+        self._check = check
+        super().__init__(*args, **kwargs)
+
+    def put(self, value, **kwargs):
+        if self._check is not None:
+            value = self._check(self, value)
+        super().put(value, **kwargs)
+
+
+def _positive_exposure(sig, value):
+    if not isinstance(value, int | float) or not np.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"Camera exposure time must be a positive number of seconds, got {value!r}; "
+            "use e.g. 0.01 for 10 ms."
+        )
+    return float(value)
+
+
+def _positive_gain(sig, value):
+    if not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"Camera gain must be a positive number, got {value!r}.")
+    return float(value)
+
+
+def _binning(sig, value):
+    if value not in (1, 2, 4):
+        raise ValueError(f"Camera binning must be 1, 2 or 4, got {value!r}.")
+    return int(value)
+
+
+def _roi_value(sig, value):
+    if not isinstance(value, int | np.integer) or value < 0:
+        raise ValueError(f"Camera {sig.attr_name} must be a non-negative integer, got {value!r}.")
+    return int(value)
+
+
+class SimCamera(Device):
+    """A scientific camera on the simulated microscope.
+
+    Readings: ``<name>_brenner`` (hinted) and any other configured focus
+    measure, ``<name>_mean``, ``<name>_max``, ``<name>_saturated_fraction``;
+    the image ``<name>_image`` is external (HDF5). Configuration: exposure
+    time (s), gain, binning, ROI (unbinned sensor pixels), pixel size at the
+    sample (µm), bit depth.
+    """
+
+    image = Cpt(Signal, kind="omitted")
+    mean = Cpt(Signal, value=0.0, kind="normal")
+    max = Cpt(Signal, value=0, kind="normal")
+    saturated_fraction = Cpt(Signal, value=0.0, kind="normal")
+
+    brenner = Cpt(Signal, value=0.0, kind="hinted")
+    normalized_variance = Cpt(Signal, value=0.0, kind="omitted")
+    tenengrad = Cpt(Signal, value=0.0, kind="omitted")
+    vollath_f4 = Cpt(Signal, value=0.0, kind="omitted")
+    squared_gradient = Cpt(Signal, value=0.0, kind="omitted")
+    fft_bandpass = Cpt(Signal, value=0.0, kind="omitted")
+
+    exposure_time = Cpt(_CheckedSignal, value=0.01, check=_positive_exposure, kind="config")
+    gain = Cpt(_CheckedSignal, value=1.0, check=_positive_gain, kind="config")
+    binning = Cpt(_CheckedSignal, value=1, check=_binning, kind="config")
+    roi_x = Cpt(_CheckedSignal, value=0, check=_roi_value, kind="config")
+    roi_y = Cpt(_CheckedSignal, value=0, check=_roi_value, kind="config")
+    roi_width = Cpt(_CheckedSignal, value=0, check=_roi_value, kind="config")
+    roi_height = Cpt(_CheckedSignal, value=0, check=_roi_value, kind="config")
+    pixel_size_um = Cpt(Signal, value=0.0, kind="config")
+    bit_depth = Cpt(Signal, value=12, kind="config")
+
+    def __init__(
+        self,
+        model: OpticalModel,
+        *,
+        write_dir: str | Path,
+        measures: Sequence[str] = ("brenner",),
+        readout_time_s: float = 0.005,
+        time_scale: float = 1.0,
+        name: str = "camera",
+        **kwargs,
+    ) -> None:
+        super().__init__(name=name, **kwargs)
+        self._model = model
+        self.write_dir = Path(write_dir)
+        self.readout_time_s = readout_time_s
+        self.time_scale = time_scale
+        self.measures = self._check_measures(measures)
+        for measure in FOCUS_MEASURES:
+            getattr(self, measure).kind = (
+                "hinted" if measure == "brenner" else "normal" if measure in self.measures else "omitted"
+            )
+        height, width = model.sensor.shape
+        self.roi_width.put(width)
+        self.roi_height.put(height)
+        self.bit_depth.put(model.sensor.bit_depth)
+        self.pixel_size_um.put(model.sample_pixel_um(1))
+        self.binning.subscribe(self._update_pixel_size, run=False)
+        self._asset_docs: deque = deque()
+        self._file: h5py.File | None = None
+        self._dataset: h5py.Dataset | None = None
+        self._compose_datum = None
+        self._frames_written = 0
+        self._lock = threading.Lock()
+        self.last_frame: np.ndarray | None = None
+        self.last_file: Path | None = None
+
+    @staticmethod
+    def _check_measures(measures: Sequence[str]) -> tuple[str, ...]:
+        chosen = tuple(dict.fromkeys(["brenner", *measures]))
+        for measure in chosen:
+            focus_measure(measure)  # raises a clear error for unknown names
+        return chosen
+
+    def _update_pixel_size(self, value, **kwargs):
+        self.pixel_size_um.put(self._model.sample_pixel_um(int(value)))
+
+    # -- geometry ---------------------------------------------------------------
+    def settings(self) -> CameraSettings:
+        roi = (self.roi_x.get(), self.roi_y.get(), self.roi_width.get(), self.roi_height.get())
+        binning = self.binning.get()
+        sensor_h, sensor_w = self._model.sensor.shape
+        x, y, w, h = roi
+        if w < 8 * binning or h < 8 * binning or x + w > sensor_w or y + h > sensor_h:
+            raise ValueError(
+                f"Camera ROI (x={x}, y={y}, width={w}, height={h}) does not fit the "
+                f"{sensor_w}x{sensor_h} sensor with binning {binning} (at least 8 binned "
+                "pixels a side); shrink or move the ROI."
+            )
+        return CameraSettings(self.exposure_time.get(), self.gain.get(), binning, roi)
+
+    def frame_shape(self) -> tuple[int, int]:
+        s = self.settings()
+        return (s.roi[3] // s.binning, s.roi[2] // s.binning)
+
+    # -- bluesky protocol ---------------------------------------------------------
+    def describe(self):
+        desc = super().describe()
+        h, w = self.frame_shape()
+        desc[self.image.name] = {
+            "source": f"sim:{self.name}:hdf5",
+            "dtype": "array",
+            "dtype_numpy": np.dtype(np.uint16).str,
+            "shape": [h, w],
+            "external": "STREAM:",
+        }
+        return desc
+
+    def stage(self):
+        h, w = self.frame_shape()
+        day = time.strftime("%Y/%m/%d")
+        folder = self.write_dir / day
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{self.name}_{uuid.uuid4().hex[:12]}.h5"
+            self._file = h5py.File(path, "w", libver="latest")
+        except OSError as err:
+            raise OSError(
+                f"Camera {self.name} cannot write frames under {self.write_dir} ({err}); "
+                "choose a writable frames folder."
+            ) from err
+        self._dataset = self._file.create_dataset(
+            HDF5_DATASET, shape=(0, h, w), maxshape=(None, h, w), chunks=(1, h, w), dtype="<u2"
+        )
+        self._file.swmr_mode = True
+        self._frames_written = 0
+        self.last_file = path
+        bundle = compose_stream_resource(
+            mimetype="application/x-hdf5",
+            uri=path.resolve().as_uri().replace("file://", "file://localhost", 1),
+            data_key=self.image.name,
+            parameters={
+                "dataset": HDF5_DATASET,
+                "chunk_shape": [1, h, w],
+                "join_method": "stack",
+                "swmr": True,
+            },
+        )
+        self._compose_datum = bundle.compose_stream_datum
+        self._asset_docs.append(("stream_resource", bundle.stream_resource_doc))
+        return super().stage()
+
+    def unstage(self):
+        try:
+            return super().unstage()
+        finally:
+            self._close_file()
+
+    def _close_file(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+            self._file = None
+            self._dataset = None
+
+    def trigger(self) -> DeviceStatus:
+        status = DeviceStatus(self)
+        settings = self.settings()
+        delay = (settings.exposure_s + self.readout_time_s) * self.time_scale
+
+        def acquire() -> None:
+            try:
+                if delay:
+                    time.sleep(delay)
+                self._store(self._model.expose(settings))
+            except Exception as exc:
+                status.set_exception(exc)
+            else:
+                status.set_finished()
+
+        threading.Thread(target=acquire, name=f"{self.name}-acquire", daemon=True).start()
+        return status
+
+    def _store(self, frame: np.ndarray) -> None:
+        self.last_frame = frame
+        readings = {m: focus_measure(m)(frame) for m in self.measures}
+        max_adu = self._model.sensor.max_adu
+        self.mean.put(float(frame.mean()))
+        self.max.put(int(frame.max()))
+        self.saturated_fraction.put(float(np.count_nonzero(frame >= max_adu) / frame.size))
+        for measure, value in readings.items():
+            getattr(self, measure).put(value)
+        with self._lock:
+            if self._dataset is None:
+                return  # not staged: a snapshot outside a run, nothing to record
+            i = self._frames_written
+            self._dataset.resize(i + 1, axis=0)
+            self._dataset[i] = frame
+            self._dataset.flush()
+            self._frames_written = i + 1
+            self._asset_docs.append(
+                ("stream_datum", self._compose_datum(indices=StreamRange(start=i, stop=i + 1)))
+            )
+
+    def collect_asset_docs(self) -> Iterator:
+        while self._asset_docs:
+            yield self._asset_docs.popleft()
+
+    def snap(self) -> np.ndarray:
+        """Take one frame outside a run and return it (nothing is recorded)."""
+        self.trigger().wait(timeout=60)
+        assert self.last_frame is not None
+        return self.last_frame

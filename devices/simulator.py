@@ -1,0 +1,203 @@
+"""The shared optical model behind the simulated camera, LED array and Z stage.
+
+Plans never touch this module: they see only the three devices. Tests and
+benchmarks may ask it for the truth (the hidden focal plane).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft
+
+from .optics import (
+    CameraSensor,
+    LEDArray,
+    Objective,
+    SourcePoint,
+    depth_of_field_um,
+    image_intensity,
+)
+from .samples import Sample, ZStackSample
+
+__all__ = ["CameraSettings", "FocusState", "OpticalModel"]
+
+
+class FocusState:
+    """Hidden position of the sample's focal plane, in stage coordinates (µm).
+
+    ``z_focus(t) = focus_um + drift_um_per_s * t + random walk``, plus a tilt
+    across the field (µm of focus per µm of lateral position). ``t`` counts
+    from creation on ``clock`` (seconds).
+    """
+
+    def __init__(
+        self,
+        focus_um: float = 0.0,
+        *,
+        drift_um_per_s: float = 0.0,
+        random_walk_um_per_sqrt_s: float = 0.0,
+        tilt_x: float = 0.0,
+        tilt_y: float = 0.0,
+        seed: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if random_walk_um_per_sqrt_s < 0:
+            raise ValueError("random_walk_um_per_sqrt_s must be >= 0.")
+        self.focus_um = float(focus_um)
+        self.drift_um_per_s = float(drift_um_per_s)
+        self.random_walk_um_per_sqrt_s = float(random_walk_um_per_sqrt_s)
+        self.tilt_x = float(tilt_x)
+        self.tilt_y = float(tilt_y)
+        self._clock = clock
+        self._t0 = clock()
+        self._rng = np.random.default_rng(seed)
+        self._walk = 0.0
+        self._walk_t = 0.0
+        self._lock = threading.Lock()
+
+    def elapsed_s(self) -> float:
+        return self._clock() - self._t0
+
+    def at_center(self) -> float:
+        """Focal-plane position at the field centre, now."""
+        t = self.elapsed_s()
+        with self._lock:
+            if self.random_walk_um_per_sqrt_s and t > self._walk_t:
+                step = self._rng.standard_normal() * np.sqrt(t - self._walk_t)
+                self._walk += self.random_walk_um_per_sqrt_s * step
+                self._walk_t = t
+            return self.focus_um + self.drift_um_per_s * t + self._walk
+
+    def describe(self) -> dict:
+        return {
+            "drift_um_per_s": self.drift_um_per_s,
+            "random_walk_um_per_sqrt_s": self.random_walk_um_per_sqrt_s,
+            "tilt_x": self.tilt_x,
+            "tilt_y": self.tilt_y,
+        }
+
+
+@dataclass(frozen=True)
+class CameraSettings:
+    """What the camera asks of the model for one frame."""
+
+    exposure_s: float
+    gain: float
+    binning: int
+    roi: tuple[int, int, int, int]  # x, y, width, height in unbinned sensor pixels
+
+
+class OpticalModel:
+    """Objective + LED array + camera sensor + sample + hidden focus.
+
+    ``stage_position`` and ``illumination`` are callables wired by
+    :class:`devices.SimMicroscope` so the camera sees where the stage is and
+    which LEDs are lit at the moment of exposure.
+    """
+
+    def __init__(
+        self,
+        objective: Objective,
+        leds: LEDArray,
+        sensor: CameraSensor,
+        sample: Sample | ZStackSample,
+        focus: FocusState,
+        *,
+        seed: int = 0,
+        fft_workers: int = 1,
+    ) -> None:
+        self.objective = objective
+        self.leds = leds
+        self.sensor = sensor
+        self.sample = sample
+        self.focus = focus
+        self.fft_workers = fft_workers
+        self._rng = np.random.default_rng(seed)
+        self._spectra: dict = {}
+        self.stage_position: Callable[[], float] = lambda: 0.0
+        self.illumination: Callable[[], list[SourcePoint]] = lambda: []
+
+    # -- derived optics -------------------------------------------------
+    @property
+    def depth_of_field_um(self) -> float:
+        return depth_of_field_um(self.objective, self.leds.wavelength_um, self.sensor.pixel_um)
+
+    def sample_pixel_um(self, binning: int = 1) -> float:
+        return self.sensor.pixel_um * binning / self.objective.magnification
+
+    def true_focus(self) -> float:
+        return self.focus.at_center()
+
+    def set_sample(self, sample: Sample | ZStackSample) -> None:
+        """Move to another field of view (a new sample) without rebuilding devices."""
+        self.sample = sample
+        self._spectra.clear()
+        if isinstance(sample, ZStackSample):
+            self.focus.focus_um = sample.focus_um
+
+    def _spectrum(self, shape: tuple[int, int], dx_um: float) -> np.ndarray:
+        key = (shape, dx_um, id(self.sample))
+        if key not in self._spectra:
+            t = self.sample.transmittance(shape, dx_um)
+            self._spectra = {key: scipy.fft.fft2(t, workers=self.fft_workers)}
+        return self._spectra[key]
+
+    # -- imaging ----------------------------------------------------------
+    def intensity(self, z_um: float, sources: list[SourcePoint], binning: int = 1) -> np.ndarray:
+        """Noise-free intensity on the whole (binned) sensor at stage position ``z_um``."""
+        shape = (self.sensor.shape[0] // binning, self.sensor.shape[1] // binning)
+        if isinstance(self.sample, ZStackSample):
+            z_rel = z_um - (self.true_focus() - self.sample.focus_um)
+            total = sum(s.weight for s in sources)
+            return (self.sample.intensity(z_rel, shape) * total).astype(np.float32)
+        dx = self.sample_pixel_um(binning)
+        spectrum = self._spectrum(shape, dx)
+        defocus = z_um - self.true_focus()
+
+        def at(dz: float) -> np.ndarray:
+            return image_intensity(
+                spectrum,
+                dx,
+                sources,
+                dz,
+                self.objective,
+                self.leds.wavelength_um,
+                workers=self.fft_workers,
+            )
+
+        tilt = (self.focus.tilt_x, self.focus.tilt_y)
+        if tilt == (0.0, 0.0) or not sources:
+            return at(defocus)
+        # tilt: render a few planes across the field's defocus range, blend per pixel
+        y = (np.arange(shape[0]) - shape[0] / 2)[:, None] * dx
+        x = (np.arange(shape[1]) - shape[1] / 2)[None, :] * dx
+        dz_map = defocus - tilt[0] * x - tilt[1] * y
+        lo, hi = float(dz_map.min()), float(dz_map.max())
+        planes = max(2, min(6, int(np.ceil((hi - lo) / (0.25 * self.depth_of_field_um))) + 1))
+        zs = np.linspace(lo, hi, planes)
+        images = np.stack([at(dz) for dz in zs])
+        pos = (dz_map - lo) / (hi - lo) * (planes - 1)
+        k = np.clip(np.floor(pos).astype(int), 0, planes - 2)
+        w = (pos - k).astype(np.float32)
+        rows, cols = np.indices(shape)
+        return (1 - w) * images[k, rows, cols] + w * images[k + 1, rows, cols]
+
+    def expose(self, settings: CameraSettings) -> np.ndarray:
+        """One camera frame (uint16 ADU) with shot noise, read noise, gain and clipping."""
+        sensor = self.sensor
+        b = settings.binning
+        clean = self.intensity(self.stage_position(), self.illumination(), b)
+        x, y, w, h = settings.roi
+        clean = clean[y // b : (y + h) // b, x // b : (x + w) // b]
+        photons = clean * (self.leds.photon_rate * settings.exposure_s * b * b)
+        electrons = self._rng.poisson(photons * sensor.quantum_efficiency).astype(np.float64)
+        electrons = np.minimum(electrons, sensor.full_well_e * b * b)
+        electrons += self._rng.normal(0.0, sensor.read_noise_e, electrons.shape)
+        e_per_adu = sensor.full_well_e / sensor.max_adu / settings.gain
+        adu = np.rint(electrons / e_per_adu) + sensor.offset_adu
+        return np.clip(adu, 0, sensor.max_adu).astype(np.uint16)

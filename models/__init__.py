@@ -1,0 +1,24 @@
+"""Focus measures (numpy) and learned defocus models (torch, imported lazily).
+
+``import models`` and ``import models.focus_measures`` never import torch; the
+learned-model names below load their torch-backed modules on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .focus_measures import FOCUS_MEASURES, brenner, focus_measure
+
+__all__ = ["FOCUS_MEASURES", "brenner", "focus_measure"]
+
+# name -> submodule that defines it; resolved on first attribute access (PEP 562)
+_LAZY: dict[str, str] = {}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

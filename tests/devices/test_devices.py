@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+from ophyd.utils import LimitError
+
+from devices import PATTERNS, SimMicroscope
+
+
+def test_stage_refuses_moves_outside_soft_limits(tmp_path):
+    mic = SimMicroscope(frames_dir=tmp_path, time_scale=0, z_limits_um=(-50, 50))
+    mic.z.set(10).wait()
+    with pytest.raises(LimitError, match=r"outside the soft limits \[-50.0, 50.0\] µm"):
+        mic.z.set(60)
+    assert mic.z.position == 10
+    assert mic.z.setpoint.get() == 10
+
+
+def test_stage_moves_take_realistic_time(tmp_path):
+    mic = SimMicroscope(frames_dir=tmp_path, velocity_um_per_s=100, settle_time_s=0.01)
+    assert mic.z.move_time_s(50) == pytest.approx(0.51)
+    mic.z.time_scale = 0
+    assert mic.z.move_time_s(50) == 0
+
+
+def test_backlash_lags_after_downward_moves(tmp_path):
+    mic = SimMicroscope(frames_dir=tmp_path, time_scale=0, backlash_um=2.0)
+    mic.z.set(-10).wait()
+    assert mic.z.actual_position == pytest.approx(-8.0)
+    mic.z.set(-5).wait()
+    assert mic.z.actual_position == pytest.approx(-5.0)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_named_patterns(tmp_path, pattern):
+    mic = SimMicroscope(frames_dir=tmp_path, time_scale=0)
+    mic.led.set(pattern)
+    count = mic.led.lit_count.get()
+    expected = {"off": 0, "center": 1, "off_axis": 1}
+    if pattern in expected:
+        assert count == expected[pattern]
+    else:
+        assert count > 8
+    if pattern == "off_axis":
+        assert 0.2 < mic.led.illumination_na.get() < 0.4
+
+
+def test_explicit_led_and_angle(tmp_path):
+    mic = SimMicroscope(frames_dir=tmp_path, time_scale=0)
+    mic.led.set("led:2,-1")
+    assert mic.led.lit_leds == [(2, -1)]
+    mic.led.set("na:0.3,90")
+    (ix, iy), = mic.led.lit_leds
+    assert ix == 0 and iy > 0
+    config = mic.led.read_configuration()
+    assert config["led_pattern"]["value"] == "na:0.3,90"
+    assert config["led_wavelength_um"]["value"] == pytest.approx(0.53)
+
+
+def test_bad_configuration_is_one_clear_sentence(tmp_path):
+    mic = SimMicroscope(frames_dir=tmp_path, time_scale=0)
+    with pytest.raises(ValueError, match="Unknown LED pattern 'sideways'; use one of"):
+        mic.led.set("sideways")
+    assert mic.led.pattern.get() == "brightfield"
+    with pytest.raises(ValueError, match="exposure time must be a positive number of seconds"):
+        mic.camera.exposure_time.put(-0.1)
+    assert mic.camera.exposure_time.get() == 0.01
+    with pytest.raises(ValueError, match="outside the 15x15 array"):
+        mic.led.set("led:9,0")
+    with pytest.raises(ValueError, match="binning must be 1, 2 or 4"):
+        mic.camera.binning.put(3)
+
+
+def test_roi_and_binning_shape_frames(tmp_path):
+    mic = SimMicroscope(frames_dir=tmp_path, time_scale=0)
+    mic.camera.binning.put(2)
+    assert mic.camera.pixel_size_um.get() == pytest.approx(0.65)
+    mic.camera.roi_x.put(64)
+    mic.camera.roi_width.put(128)
+    frame = mic.camera.snap()
+    assert frame.shape == (128, 64) and frame.dtype == np.uint16
+    mic.camera.roi_x.put(200)
+    with pytest.raises(ValueError, match="does not fit the 256x256 sensor"):
+        mic.camera.snap()
