@@ -1,1 +1,31 @@
-"""Bluesky plans, the catalogue, replay and the CLI."""
+"""Bluesky plans for microscope autofocus, the run catalogue, replay and the CLI.
+
+Plans take devices as arguments (camera, Z stage, LED illumination) and know
+nothing of how they are built; ``devices.SimMicroscope`` builds simulated ones.
+"""
+
+from .brenner import FOCUS_METHODS, brenner_sweep, fast_focus
+from .catalog import CatalogError, frames_dir_for, open_catalog, subscribe_catalog
+from .peak import PeakFit, fit_peak
+from .replay import find_runs, focus_curve, load_frames, load_table, lookup_run, replay
+from .results import FocusResult, NoFocusFound
+
+__all__ = [
+    "FOCUS_METHODS",
+    "CatalogError",
+    "FocusResult",
+    "NoFocusFound",
+    "PeakFit",
+    "brenner_sweep",
+    "fast_focus",
+    "find_runs",
+    "fit_peak",
+    "focus_curve",
+    "frames_dir_for",
+    "load_frames",
+    "load_table",
+    "lookup_run",
+    "open_catalog",
+    "replay",
+    "subscribe_catalog",
+]

@@ -123,14 +123,15 @@ def _cells(rng, shape, dx_um):
     for r in _ellipses(rng, shape, dx_um, count, (4.0, 10.0)):
         inside = r < 1
         dome = np.sqrt(np.clip(1 - r**2, 0, 1))
-        phase += rng.uniform(0.6, 1.4) * dome
-        absorb += rng.uniform(0.02, 0.08) * inside
+        # stained cells (as in routine brightfield): absorption carries most of the contrast
+        phase += rng.uniform(0.2, 0.5) * dome
+        absorb += rng.uniform(0.05, 0.15) * inside
         nucleus = r < rng.uniform(0.3, 0.45)
-        phase += 0.5 * nucleus
-        absorb += 0.1 * nucleus
+        phase += 0.2 * nucleus
+        absorb += rng.uniform(0.2, 0.4) * nucleus
     # granular cytoplasm: fine texture inside the cells
     grain = _soften(rng.standard_normal(shape).astype(np.float32), dx_um, 0.4)
-    grain *= 0.15 / (grain.std() + 1e-9)
+    grain *= 0.1 / (grain.std() + 1e-9)
     phase += grain * (phase > 0)
     return np.exp(-_soften(absorb, dx_um)), _soften(phase, dx_um)
 
@@ -160,8 +161,9 @@ def _band_noise(rng, shape, dx_um, low_um, high_um):
 def _tissue(rng, shape, dx_um):
     stroma = _band_noise(rng, shape, dx_um, 1.0, 25.0)
     fibres = _band_noise(rng, shape, dx_um, 0.8, 4.0)
-    absorb = 0.25 + 0.15 * stroma + 0.08 * np.abs(fibres)
-    phase = 0.8 * stroma + 0.3 * fibres
+    # a stained section: absorption dominates, phase is modest
+    absorb = 0.3 + 0.2 * stroma + 0.1 * np.abs(fibres)
+    phase = 0.4 * stroma + 0.2 * fibres
     return np.exp(-np.clip(absorb, 0, None)), phase
 
 

@@ -1,0 +1,93 @@
+"""What an autofocus plan concludes, and the plan stubs every focus plan shares."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import bluesky.plan_stubs as bps
+
+__all__ = ["FocusResult", "NoFocusFound", "emit_focus_result", "optics_metadata"]
+
+
+class NoFocusFound(RuntimeError):
+    """No significant focus peak was found; the stage was returned to where it started."""
+
+
+@dataclass
+class FocusResult:
+    """The conclusion of one autofocus run (also written as the ``focus_result`` stream).
+
+    Positions in µm, times in seconds. ``fit_r2`` is the coefficient of
+    determination of the peak fit (NaN where no fit was made).
+    """
+
+    best_z: float
+    method: str
+    metric: str = "brenner"
+    metric_value: float = math.nan
+    fit_center: float = math.nan
+    fit_amplitude: float = math.nan
+    fit_sigma: float = math.nan
+    fit_offset: float = math.nan
+    fit_r2: float = math.nan
+    start_z: float = math.nan
+    exposures: int = 0
+    elapsed_s: float = 0.0
+    extensions: int = 0
+    predicted_defocus: float = math.nan
+    fell_back: bool = False
+    run_uid: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def numeric_fields(self) -> dict[str, float | int]:
+        skip = {"method", "metric", "run_uid", "extra"}
+        values = {k: v for k, v in asdict(self).items() if k not in skip}
+        values["fell_back"] = int(values["fell_back"])
+        return values
+
+
+class _ResultReader:
+    """A bluesky ``Readable`` holding one FocusResult, read once into ``focus_result``."""
+
+    def __init__(self, result: FocusResult, name: str = "focus_result") -> None:
+        self.name = name
+        self.parent = None
+        self._values = result.numeric_fields()
+        self._time = time.time()
+
+    def describe(self) -> dict[str, dict]:
+        return {
+            key: {
+                "source": f"autofocus:{key}",
+                "dtype": "integer" if isinstance(value, int) else "number",
+                "shape": [],
+                **({"units": "um"} if key in _MICRONS else {}),
+            }
+            for key, value in self._values.items()
+        }
+
+    def read(self) -> dict[str, dict]:
+        return {key: {"value": value, "timestamp": self._time} for key, value in self._values.items()}
+
+
+_MICRONS = {"best_z", "fit_center", "fit_sigma", "start_z", "predicted_defocus"}
+
+
+def emit_focus_result(result: FocusResult):
+    """Write ``result`` as one event in the ``focus_result`` stream of the open run."""
+    yield from bps.create("focus_result")
+    yield from bps.read(_ResultReader(result))
+    yield from bps.save()
+
+
+def optics_metadata(*devices) -> dict[str, Any]:
+    """Configuration readings of the devices, as plain values, for the start document."""
+    optics: dict[str, Any] = {}
+    for device in devices:
+        for key, reading in device.read_configuration().items():
+            value = reading["value"]
+            optics[key] = value.tolist() if hasattr(value, "tolist") else value
+    return optics
