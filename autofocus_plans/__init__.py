@@ -7,7 +7,15 @@ nothing of how they are built; ``devices.SimMicroscope`` builds simulated ones.
 from .brenner import FOCUS_METHODS, brenner_sweep, fast_focus
 from .catalog import CatalogError, frames_dir_for, open_catalog, subscribe_catalog
 from .peak import PeakFit, fit_peak
-from .replay import find_runs, focus_curve, load_frames, load_table, lookup_run, replay
+from .replay import (
+    find_runs,
+    focus_curve,
+    load_frames,
+    load_table,
+    lookup_run,
+    reanalyze,
+    replay,
+)
 from .results import FocusResult, NoFocusFound
 
 __all__ = [
@@ -26,6 +34,7 @@ __all__ = [
     "load_table",
     "lookup_run",
     "open_catalog",
+    "reanalyze",
     "replay",
     "subscribe_catalog",
 ]

@@ -186,13 +186,14 @@ def _focus_plan(
 
     outcome: dict[str, FocusResult] = {}
 
+    @bpp.stage_decorator([camera, stage])
     @bpp.run_decorator(md=_md)
     def inner():
         t0 = time.monotonic()
         yield from bps.mv(led, illumination)
         fit, extensions = yield from search(curve, low, high, origin)
         best = float(np.clip(fit.center, min(curve.z), max(curve.z)))
-        z, values = curve.sorted()
+        _z, values = curve.sorted()
         if move_to_best:
             yield from curve.approach(best)
         result = FocusResult(
@@ -339,9 +340,17 @@ def _parabola_refine(curve: _FocusCurve, step: float, tolerance_um: float, budge
     while curve.exposures + 2 <= budget:
         z, values = curve.sorted()
         k = int(np.argmax(values))
-        vertex = log_parabola_vertex(z[k - 1 : k + 2], values[k - 1 : k + 2]) if 0 < k < len(z) - 1 else None
+        vertex = (
+            log_parabola_vertex(z[k - 1 : k + 2], values[k - 1 : k + 2])
+            if 0 < k < len(z) - 1
+            else None
+        )
         new_estimate = vertex if vertex is not None and z[0] <= vertex <= z[-1] else float(z[k])
-        if estimate is not None and abs(new_estimate - estimate) <= tolerance_um and step <= 2 * tolerance_um * 3:
+        if (
+            estimate is not None
+            and abs(new_estimate - estimate) <= tolerance_um
+            and step <= 2 * tolerance_um * 3
+        ):
             return new_estimate
         estimate = new_estimate
         step = max(step / 3, tolerance_um)
@@ -349,7 +358,9 @@ def _parabola_refine(curve: _FocusCurve, step: float, tolerance_um: float, budge
         yield from curve.measure(estimate + step)
     z, values = curve.sorted()
     k = int(np.argmax(values))
-    vertex = log_parabola_vertex(z[k - 1 : k + 2], values[k - 1 : k + 2]) if 0 < k < len(z) - 1 else None
+    vertex = (
+        log_parabola_vertex(z[k - 1 : k + 2], values[k - 1 : k + 2]) if 0 < k < len(z) - 1 else None
+    )
     return vertex if vertex is not None and z[0] <= vertex <= z[-1] else float(z[k])
 
 
@@ -427,7 +438,15 @@ def fast_focus(
         else:
             center = yield from _parabola_refine(curve, step, tolerance_um, budget)
         z, values = curve.sorted()
-        return PeakFit(float(center), float(values.max()), math.nan, float(values.min()), math.nan, len(z), method), extensions
+        return PeakFit(
+            float(center),
+            float(values.max()),
+            math.nan,
+            float(values.min()),
+            math.nan,
+            len(z),
+            method,
+        ), extensions
 
     return (
         yield from _focus_plan(

@@ -108,6 +108,13 @@ def _open_server(url: str, api_key: str | None):
             f"Cannot reach the catalogue server at {url}; check the URL and that "
             "`autofocus serve` (or `tiled serve`) is running."
         ) from None
+    except RuntimeError as err:
+        if "API key" not in str(err):
+            raise
+        raise CatalogError(
+            f"The catalogue server at {url} refused the API key; set {API_KEY_ENV} "
+            "to the key the server was started with."
+        ) from None
     except httpx.HTTPStatusError as err:
         if err.response.status_code in (401, 403):
             raise CatalogError(

@@ -88,4 +88,12 @@ def fit_peak(z, values, *, half_width: int = 3) -> PeakFit:
                 return PeakFit(center, amplitude, abs(sigma), offset, r2, len(zs), "gaussian")
         except (RuntimeError, ValueError):
             pass
-    return PeakFit(float(guess), float(values[k]), float("nan"), float(values.min()), float("nan"), len(zs), method)
+    return PeakFit(
+        float(guess),
+        float(values[k]),
+        float("nan"),
+        float(values.min()),
+        float("nan"),
+        len(zs),
+        method,
+    )

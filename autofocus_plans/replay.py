@@ -12,11 +12,12 @@ import numpy as np
 __all__ = [
     "RunSummary",
     "find_runs",
-    "iterate_runs",
     "focus_curve",
+    "iterate_runs",
     "load_frames",
     "load_table",
     "lookup_run",
+    "reanalyze",
     "replay",
     "summarize_run",
 ]
@@ -117,6 +118,23 @@ def focus_curve(run, stream: str = "primary") -> tuple[str, np.ndarray, str, np.
     if measure is None:
         raise KeyError(f"Run {start['uid'][:8]} has no {metric!r} readings.")
     return motor, table[motor], measure, table[measure]
+
+
+def reanalyze(run, metric: str = "brenner", stream: str = "primary"):
+    """Recompute a stored focus scan with another focus measure, from its stored frames.
+
+    Needs no microscope: the frames come from the catalogue, the measure from
+    :mod:`models.focus_measures`. Returns the :class:`~autofocus_plans.PeakFit`.
+    """
+    from models.focus_measures import focus_measure
+
+    from .peak import fit_peak
+
+    measure = focus_measure(metric)
+    frames = load_frames(run, stream=stream)
+    _motor, z, _, _ = focus_curve(run, stream)
+    values = np.array([measure(frame) for frame in frames])
+    return fit_peak(z[: len(values)], values)
 
 
 @dataclass

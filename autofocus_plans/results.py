@@ -70,7 +70,9 @@ class _ResultReader:
         }
 
     def read(self) -> dict[str, dict]:
-        return {key: {"value": value, "timestamp": self._time} for key, value in self._values.items()}
+        return {
+            key: {"value": value, "timestamp": self._time} for key, value in self._values.items()
+        }
 
 
 _MICRONS = {"best_z", "fit_center", "fit_sigma", "start_z", "predicted_defocus"}

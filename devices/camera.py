@@ -123,7 +123,11 @@ class SimCamera(Device):
         self.measures = self._check_measures(measures)
         for measure in FOCUS_MEASURES:
             getattr(self, measure).kind = (
-                "hinted" if measure == "brenner" else "normal" if measure in self.measures else "omitted"
+                "hinted"
+                if measure == "brenner"
+                else "normal"
+                if measure in self.measures
+                else "omitted"
             )
         height, width = model.sensor.shape
         self.roi_width.put(width)

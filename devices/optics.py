@@ -122,9 +122,7 @@ class LEDArray:
             )
         return ix, iy
 
-    def source_points(
-        self, leds: list[tuple[int, int]], brightness: float
-    ) -> list[SourcePoint]:
+    def source_points(self, leds: list[tuple[int, int]], brightness: float) -> list[SourcePoint]:
         """Plane-wave source points for the lit ``leds``.
 
         A single LED is sampled at seven points across its disc (centre and a
@@ -147,9 +145,7 @@ class LEDArray:
             for ox, oy in offsets:
                 x, y = x0 + ox, y0 + oy
                 r = math.sqrt(x * x + y * y + self.height_mm**2)
-                points.append(
-                    SourcePoint(x / r / lam, y / r / lam, brightness / len(offsets))
-                )
+                points.append(SourcePoint(x / r / lam, y / r / lam, brightness / len(offsets)))
         return points
 
 

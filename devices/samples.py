@@ -77,9 +77,7 @@ class ProceduralSample(Sample):
 
 
 @lru_cache(maxsize=16)
-def _render_procedural(
-    family: str, seed: int, shape: tuple[int, int], dx_um: float
-) -> np.ndarray:
+def _render_procedural(family: str, seed: int, shape: tuple[int, int], dx_um: float) -> np.ndarray:
     rng = np.random.default_rng([seed, SAMPLE_FAMILIES.index(family)])
     render = {"cells": _cells, "beads": _beads, "tissue": _tissue, "bars": _bars}[family]
     amplitude, phase = render(rng, shape, dx_um)
@@ -249,9 +247,12 @@ class ImageSample(Sample):
             if a.min() < 0 or a.max() <= 0:
                 raise ValueError("ImageSample amplitude must be non-negative and not all zero.")
             arrays["amplitude"] = a / a.max()
-        if "amplitude" in arrays and "phase" in arrays:
-            if arrays["amplitude"].shape != arrays["phase"].shape:
-                raise ValueError("ImageSample amplitude and phase must have the same shape.")
+        if (
+            "amplitude" in arrays
+            and "phase" in arrays
+            and (arrays["amplitude"].shape != arrays["phase"].shape)
+        ):
+            raise ValueError("ImageSample amplitude and phase must have the same shape.")
         if pixel_size_um is not None and pixel_size_um <= 0:
             raise ValueError(f"pixel_size_um must be positive, got {pixel_size_um}.")
         self._arrays = arrays

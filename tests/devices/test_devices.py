@@ -48,7 +48,7 @@ def test_explicit_led_and_angle(tmp_path):
     mic.led.set("led:2,-1")
     assert mic.led.lit_leds == [(2, -1)]
     mic.led.set("na:0.3,90")
-    (ix, iy), = mic.led.lit_leds
+    ((ix, iy),) = mic.led.lit_leds
     assert ix == 0 and iy > 0
     config = mic.led.read_configuration()
     assert config["led_pattern"]["value"] == "na:0.3,90"

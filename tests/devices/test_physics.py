@@ -49,9 +49,7 @@ def test_in_focus_image_reproduces_amplitude_inside_passband(tmp_path):
 def test_defocus_blurs_and_focus_is_sharpest(tmp_path):
     mic = SimMicroscope("beads", seed=3, frames_dir=tmp_path, time_scale=0)
     sources = mic.led.source_points()
-    contrast = [
-        _noise_free(mic, z, sources).std() for z in (-2 * mic.depth_of_field_um, 0.0, 5.0)
-    ]
+    contrast = [_noise_free(mic, z, sources).std() for z in (-2 * mic.depth_of_field_um, 0.0, 5.0)]
     assert contrast[1] > contrast[0] and contrast[1] > contrast[2]
 
 

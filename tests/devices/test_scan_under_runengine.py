@@ -58,7 +58,7 @@ def test_descriptor_records_image_as_external_stream(RE, mic):
     image_key = descriptor["data_keys"]["camera_image"]
     assert image_key["external"] == "STREAM:"
     assert image_key["shape"] == [256, 256]
-    assert "camera_image" not in [d for n, d in docs if n == "event"][0]["data"]
+    assert "camera_image" not in next(d for n, d in docs if n == "event")["data"]
     config = descriptor["configuration"]
     assert config["camera"]["data"]["camera_exposure_time"] == 0.01
     assert config["led"]["data"]["led_pattern"] == "brightfield"

@@ -1,0 +1,151 @@
+"""The Databroker/Tiled catalogue, embedded and served, with real runs written into it."""
+
+import subprocess
+import sys
+import textwrap
+
+import bluesky.plans as bp
+import numpy as np
+import pytest
+from bluesky.callbacks import LiveTable
+from ophyd.utils import LimitError
+
+from autofocus_plans import (
+    CatalogError,
+    find_runs,
+    load_frames,
+    load_table,
+    open_catalog,
+    replay,
+    subscribe_catalog,
+)
+
+
+def _scan_capturing_frames(RE, mic, num=5, **md):
+    frames, events = [], []
+
+    def grab(name, doc):
+        if name == "event" and doc["data"].get("camera_brenner") is not None:
+            frames.append(mic.camera.last_frame.copy())
+            events.append(doc)
+
+    (uid,) = RE(bp.scan([mic.camera], mic.z, -6, 6, num), grab, **md).run_start_uids
+    return uid, np.stack(frames), events
+
+
+def test_frames_bit_exact_and_scalars_equal(catalog_RE, catalog, mic):
+    uid, frames, events = _scan_capturing_frames(catalog_RE, mic, sample="cells:1")
+    run = catalog[uid]
+    assert type(run).__name__.startswith("BlueskyRun")
+    stored = load_frames(run)
+    assert stored.dtype == np.uint16
+    assert np.array_equal(stored, frames)
+    table = load_table(run)
+    for column in ("camera_brenner", "camera_mean", "camera_max", "z"):
+        assert np.array_equal(table[column], [e["data"][column] for e in events])
+
+
+def test_search_by_plan_sample_and_time(catalog_RE, catalog, mic):
+    import time
+
+    before = time.time()
+    uid_scan, _, _ = _scan_capturing_frames(catalog_RE, mic, num=3, sample="beads:2")
+    (uid_count,) = catalog_RE(bp.count([mic.camera], 2), sample="cells:7").run_start_uids
+    after = time.time()
+    assert list(find_runs(catalog, plan_name="scan")) == [uid_scan]
+    assert list(find_runs(catalog, plan_name="count")) == [uid_count]
+    assert list(find_runs(catalog, sample="cells:7")) == [uid_count]
+    assert set(find_runs(catalog, since=before - 1, until=after + 1)) == {uid_scan, uid_count}
+    assert len(find_runs(catalog, since=after + 3600)) == 0
+
+
+def test_data_persist_across_processes(tmp_path):
+    location = tmp_path / "shared-catalog"
+    writer = textwrap.dedent(
+        f"""
+        import bluesky.plans as bp
+        from bluesky import RunEngine
+        from autofocus_plans import open_catalog, subscribe_catalog
+        from devices import SimMicroscope
+        catalog = open_catalog({str(location)!r})
+        mic = SimMicroscope("bars", seed=3, time_scale=0)
+        RE = RunEngine({{}})
+        subscribe_catalog(RE, catalog, cameras=[mic.camera])
+        (uid,) = RE(bp.count([mic.camera], 3), sample="bars:3")
+        print(uid)
+        """
+    )
+    uid = subprocess.run(
+        [sys.executable, "-c", writer], check=True, capture_output=True, text=True
+    ).stdout.split()[-1]
+    reader = textwrap.dedent(
+        f"""
+        from autofocus_plans import open_catalog, load_frames
+        run = open_catalog({str(location)!r})[{uid!r}]
+        print(run.start["sample"], load_frames(run).shape, run.stop["exit_status"])
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", reader], check=True, capture_output=True, text=True
+    ).stdout
+    assert out.strip() == "bars:3 (3, 256, 256) success"
+
+
+def test_documents_replay_into_livetable(catalog_RE, catalog, mic):
+    live_lines, replay_lines = [], []
+    fields = ["z", "camera_brenner"]
+    (uid,) = catalog_RE(
+        bp.scan([mic.camera], mic.z, -4, 4, 5), LiveTable(fields, out=live_lines.append)
+    ).run_start_uids
+    run = catalog[uid]
+    names = [name for name, _ in run.documents()]
+    assert names[0] == "start" and names[-1] == "stop"
+    assert names.count("event") == 5 and "descriptor" in names
+    replay(run, LiveTable(fields, out=replay_lines.append))
+    assert replay_lines == live_lines
+    stored_events = [d for n, d in run.documents() if n == "event"]
+    assert [e["data"]["z"] for e in stored_events] == [-4.0, -2.0, 0.0, 2.0, 4.0]
+
+
+def test_unwritable_catalogue_path_fails_before_any_exposure(tmp_path, mic):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the catalogue folder should be")
+    with pytest.raises(CatalogError, match=r"Cannot write the catalogue at .*choose a folder"):
+        open_catalog(blocker / "catalog")
+    assert mic.camera.last_frame is None
+
+
+def test_half_failed_plan_leaves_readable_run(catalog_RE, catalog, mic):
+    frames = []
+    catalog_RE.subscribe(lambda n, d: n == "event" and frames.append(mic.camera.last_frame.copy()))
+    with pytest.raises(LimitError):
+        catalog_RE(bp.list_scan([mic.camera], mic.z, [0.0, 1.0, 2.0, 5000.0]))
+    (run,) = [catalog[uid] for uid in catalog]
+    assert run.stop["exit_status"] == "fail"
+    assert np.array_equal(load_frames(run), np.stack(frames))
+    assert len(frames) == 3
+
+
+def test_server_round_trip_with_api_key(tiled_server, RE, mic, monkeypatch):
+    monkeypatch.setenv("AUTOFOCUS_FRAMES_DIR", str(tiled_server["frames"]))
+    catalog = open_catalog(tiled_server["url"], api_key=tiled_server["api_key"])
+    subscribe_catalog(RE, catalog, cameras=[mic.camera])
+    assert str(mic.camera.write_dir) == str(tiled_server["frames"])
+    frames = []
+    RE.subscribe(lambda n, d: n == "event" and frames.append(mic.camera.last_frame.copy()))
+    (uid,) = RE(bp.count([mic.camera], 2), sample="cells:1").run_start_uids
+    reader = open_catalog(tiled_server["url"], api_key=tiled_server["api_key"])
+    run = reader[uid]
+    assert run.start["sample"] == "cells:1"
+    assert np.array_equal(load_frames(run), np.stack(frames))
+    assert [n for n, _ in run.documents()].count("event") == 2
+
+    with pytest.raises(CatalogError, match="refused the API key; set TILED_API_KEY"):
+        open_catalog(tiled_server["url"], api_key="wrong-key")
+
+
+def test_unreachable_server_is_one_sentence():
+    with pytest.raises(
+        CatalogError, match=r"Cannot reach the catalogue server at http://127.0.0.1:9"
+    ):
+        open_catalog("http://127.0.0.1:9", api_key="x")
