@@ -6,6 +6,13 @@ nothing of how they are built; ``devices.SimMicroscope`` builds simulated ones.
 
 from .brenner import FOCUS_METHODS, brenner_sweep, fast_focus
 from .catalog import CatalogError, frames_dir_for, open_catalog, subscribe_catalog
+from .learned import (
+    check_model_optics,
+    cnn_focus,
+    collect_training_set,
+    depth_of_field_from_devices,
+    track_focus,
+)
 from .peak import PeakFit, fit_peak
 from .replay import (
     find_runs,
@@ -25,6 +32,10 @@ __all__ = [
     "NoFocusFound",
     "PeakFit",
     "brenner_sweep",
+    "check_model_optics",
+    "cnn_focus",
+    "collect_training_set",
+    "depth_of_field_from_devices",
     "fast_focus",
     "find_runs",
     "fit_peak",
@@ -37,4 +48,5 @@ __all__ = [
     "reanalyze",
     "replay",
     "subscribe_catalog",
+    "track_focus",
 ]

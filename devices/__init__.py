@@ -6,6 +6,7 @@ package never imports torch, bluesky plans or the catalogue.
 """
 
 from .camera import HDF5_DATASET, SimCamera
+from .fov import SimFieldOfView
 from .led import PATTERNS, LEDIllumination, angle_pattern, led_index_pattern
 from .microscope import SimMicroscope
 from .optics import CameraSensor, LEDArray, Objective, depth_of_field_um
@@ -27,6 +28,7 @@ __all__ = [
     "ProceduralSample",
     "Sample",
     "SimCamera",
+    "SimFieldOfView",
     "SimMicroscope",
     "SimZStage",
     "ZStackSample",

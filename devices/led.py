@@ -66,12 +66,14 @@ class LEDIllumination(Device):
     led_size_mm = Cpt(Signal, value=0.0, kind="config")
     wavelength_um = Cpt(Signal, value=0.0, kind="config")
     objective_na = Cpt(Signal, value=0.0, kind="config")
+    immersion_index = Cpt(Signal, value=1.0, kind="config")
 
     def __init__(
         self,
         array: LEDArray,
         objective_na: float,
         *,
+        immersion_index: float = 1.0,
         off_axis_fraction: float = 0.75,
         darkfield_width_na: float = 0.2,
         name: str = "led",
@@ -89,6 +91,7 @@ class LEDIllumination(Device):
             (self.led_size_mm, array.led_size_mm),
             (self.wavelength_um, array.wavelength_um),
             (self.objective_na, objective_na),
+            (self.immersion_index, immersion_index),
         ):
             sig.put(val)
         self.pattern.put("brightfield")

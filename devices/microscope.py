@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .camera import SimCamera
+from .fov import SimFieldOfView
 from .led import LEDIllumination
 from .optics import CameraSensor, LEDArray, Objective, as_dict
 from .samples import ProceduralSample, Sample, ZStackSample
@@ -17,7 +18,7 @@ __all__ = ["SimMicroscope"]
 
 
 class SimMicroscope:
-    """A simulated LED-array microscope: ``.camera``, ``.led`` and ``.z``.
+    """A simulated LED-array microscope: ``.camera``, ``.led``, ``.z`` (and ``.fov``).
 
     Parameters
     ----------
@@ -42,6 +43,8 @@ class SimMicroscope:
         Multiplies every simulated delay (exposure, readout, moves); 0 for tests.
     measures : sequence of str
         Focus measures the camera reports besides ``brenner``.
+    focus_spread_um : float
+        How far the focal plane of other fields of view (``.fov``) may lie from field 0's.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class SimMicroscope:
         time_scale: float = 1.0,
         exposure_s: float = 0.01,
         measures: Sequence[str] = ("brenner",),
+        focus_spread_um: float = 10.0,
         fft_workers: int = 1,
         name_prefix: str = "",
     ) -> None:
@@ -100,7 +104,9 @@ class SimMicroscope:
             backlash_um=backlash_um,
             time_scale=time_scale,
         )
-        self.led = LEDIllumination(leds, objective.na, name=f"{p}led")
+        self.led = LEDIllumination(
+            leds, objective.na, immersion_index=objective.immersion_index, name=f"{p}led"
+        )
         self.camera = SimCamera(
             self.model,
             write_dir=frames_dir,
@@ -109,6 +115,7 @@ class SimMicroscope:
             name=f"{p}camera",
         )
         self.camera.exposure_time.put(exposure_s)
+        self.fov = SimFieldOfView(self.model, focus_spread_um=focus_spread_um, name=f"{p}fov")
         self.model.stage_position = lambda: self.z.actual_position
         self.model.illumination = self.led.source_points
 

@@ -10,11 +10,24 @@ import importlib
 from typing import Any
 
 from .focus_measures import FOCUS_MEASURES, brenner, focus_measure
-
-__all__ = ["FOCUS_MEASURES", "brenner", "focus_measure"]
+from .preprocessing import Preprocessing
 
 # name -> submodule that defines it; resolved on first attribute access (PEP 562)
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "ARCHITECTURES": "learned",
+    "DefocusCNN": "learned",
+    "DefocusModel": "learned",
+    "FourierMLP": "learned",
+    "ModelFileError": "learned",
+    "load_model": "learned",
+    "DefocusExamples": "training",
+    "OPTICS_KEYS": "training",
+    "examples_from_runs": "training",
+    "regression_metrics": "training",
+    "train": "training",
+}
+
+__all__ = ["FOCUS_MEASURES", "Preprocessing", "brenner", "focus_measure", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

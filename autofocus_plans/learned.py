@@ -1,0 +1,485 @@
+"""Learned single-shot focus: training-set collection, CNN-guided focus, drift tracking.
+
+One image under off-axis LED light encodes the size and the sign of the
+defocus. ``collect_training_set`` labels such images with ``z - z_focus``
+where ``z_focus`` comes from a Brenner sweep; a model trained on them
+(``models.train``) lets ``cnn_focus`` jump to focus in one or two shots and
+``track_focus`` hold focus during a time-lapse.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+import numpy as np
+from bluesky.protocols import Movable, Readable
+
+from devices.optics import Objective, depth_of_field_um
+
+from .brenner import _stage_field, _stage_limits, brenner_sweep, fast_focus
+from .results import FocusResult, emit_focus_result, optics_metadata
+
+__all__ = [
+    "check_model_optics",
+    "cnn_focus",
+    "collect_training_set",
+    "depth_of_field_from_devices",
+    "track_focus",
+]
+
+
+def depth_of_field_from_devices(camera, led) -> float:
+    """DOF (µm) from the devices' configuration: wavelength, NA, immersion, pixel at sample."""
+    config = optics_metadata(camera, led)
+    objective = Objective(
+        magnification=1.0,
+        na=config["led_objective_na"],
+        immersion_index=config.get("led_immersion_index", 1.0),
+    )
+    # pixel size at the sample = e / M, so magnification 1 with that pixel gives n e / (M NA)
+    return depth_of_field_um(objective, config["led_wavelength_um"], config["camera_pixel_size_um"])
+
+
+class _Reading:
+    """A ``Readable`` of plain numbers for a plan-made stream; one object per stream and run."""
+
+    def __init__(self, name: str, values: dict[str, float]) -> None:
+        self.name, self.parent = name, None
+        self.update(values)
+
+    def update(self, values: dict[str, float]) -> _Reading:
+        self._values, self._time = dict(values), time.time()
+        return self
+
+    def describe(self):
+        return {
+            k: {"source": f"autofocus:{k}", "dtype": "number", "shape": []} for k in self._values
+        }
+
+    def read(self):
+        return {k: {"value": float(v), "timestamp": self._time} for k, v in self._values.items()}
+
+
+def _set_and_restore(camera, led, pattern: str, exposure_s: float | None):
+    """Plan pieces: light ``pattern`` at ``exposure_s``; and the matching restore."""
+    old_pattern, old_exposure = led.pattern.get(), camera.exposure_time.get()
+
+    def apply():
+        yield from bps.mv(led, pattern)
+        if exposure_s is not None:
+            yield from bps.mv(camera.exposure_time, exposure_s)
+
+    def restore():
+        yield from bps.mv(led, old_pattern)
+        yield from bps.mv(camera.exposure_time, old_exposure)
+
+    return apply, restore
+
+
+def _approach(stage, target: float, approach_um: float):
+    current = float(stage.position)
+    low, _ = _stage_limits(stage)
+    if target < current and approach_um > 0:
+        yield from bps.mv(stage, max(target - approach_um, low))
+    yield from bps.mv(stage, target)
+
+
+def collect_training_set(
+    camera: Readable,
+    stage: Movable,
+    led: Movable,
+    fov: Movable | None = None,
+    fields: Sequence[float] = (0, 1, 2, 3),
+    *,
+    shots_per_field: int = 30,
+    defocus_range_dof: float = 6.0,
+    sweep_range_um: float = 25.0,
+    sweep_points: int = 26,
+    off_axis_pattern: str = "off_axis",
+    off_axis_exposure_s: float = 0.25,
+    training_set: str = "default",
+    seed: int = 0,
+    md: dict | None = None,
+):
+    """Collect frames under off-axis light labelled with their signed defocus.
+
+    For each field of view: move ``fov`` there (any Movable: an XY stage, or
+    the simulator's field selector), find focus with a Brenner sweep under
+    brightfield, then take ``shots_per_field`` off-axis exposures at random
+    offsets within ±``defocus_range_dof`` depths of field, in ascending order
+    (one approach direction). Each field is one run tagged
+    ``purpose="training"`` and ``training_set``, with ``z_focus_um`` in its
+    start document; select them with
+    ``find_runs(catalog, purpose="training")``.
+
+    Parameters
+    ----------
+    camera : Readable
+        Camera; its frames are the training images.
+    stage : Movable
+        Z stage (µm).
+    led : Movable
+        LED illumination.
+    fov : Movable, optional
+        Field-of-view positioner; without it all shots come from the current field.
+    fields : list of float
+        Positions of ``fov`` to visit.
+    shots_per_field : int
+        Off-axis exposures per field.
+    defocus_range_dof : float
+        Half-width of the random offsets, in depths of field.
+    sweep_range_um, sweep_points : float, int
+        Brenner sweep (relative, ± range) that finds each field's focus.
+    off_axis_pattern : str
+        LED pattern of the training images.
+    off_axis_exposure_s : float
+        Exposure of the off-axis frames (one LED is far dimmer than brightfield).
+    training_set : str
+        Tag recorded in every run, to select this set later.
+    seed : int
+        Seed of the random offsets.
+    md : dict, optional
+        Metadata merged into every start document.
+
+    Returns
+    -------
+    list of str
+        The uids of the training runs.
+    """
+    if shots_per_field < 1:
+        raise ValueError(f"shots_per_field must be at least 1, got {shots_per_field}.")
+    rng = np.random.default_rng(seed)
+    dof = depth_of_field_from_devices(camera, led)
+    half_range = defocus_range_dof * dof
+    uids: list[str] = []
+    for field_position in fields:
+        if fov is not None:
+            yield from bps.mv(fov, field_position)
+        sweep = yield from brenner_sweep(
+            camera,
+            stage,
+            led,
+            -sweep_range_um,
+            sweep_range_um,
+            sweep_points,
+            md={"training_set": training_set, "fov_position": field_position, **(md or {})},
+        )
+        z_focus = sweep.best_z
+        low, high = _stage_limits(stage)
+        offsets = np.sort(rng.uniform(-half_range, half_range, shots_per_field))
+        targets = [z for z in z_focus + offsets if low <= z <= high]
+        apply, restore = _set_and_restore(camera, led, off_axis_pattern, off_axis_exposure_s)
+        _md = {
+            "plan_name": "collect_training_set",
+            "purpose": "training",
+            "training_set": training_set,
+            "fov_position": field_position,
+            "fov_id": f"{training_set}:{field_position}",
+            "z_focus_um": z_focus,
+            "focus_run_uid": sweep.run_uid,
+            "illumination": off_axis_pattern,
+            "depth_of_field_um": dof,
+            "defocus_range_um": [-half_range, half_range],
+            "optics": optics_metadata(camera, led) | {"led_pattern": off_axis_pattern},
+            "detectors": [camera.name],
+            "motors": [_stage_field(stage)],
+            "hints": {"dimensions": [([_stage_field(stage)], "primary")]},
+        }
+        _md.update(md or {})
+
+        @bpp.stage_decorator([camera, stage])
+        @bpp.run_decorator(md=_md)
+        def shots(targets=targets):
+            yield from apply()
+            yield from _approach(stage, targets[0], 5.0)
+            for z in targets:
+                yield from bps.mv(stage, z)
+                yield from bps.trigger_and_read([camera, stage])
+
+        uid = yield from bpp.finalize_wrapper(shots(), restore())
+        uids.append(uid)
+    return uids
+
+
+def check_model_optics(model, camera, led, pattern: str) -> None:
+    """Refuse a model trained for other optics, naming the first field that differs."""
+    trained = model.metadata.get("optics", {})
+    current = optics_metadata(camera, led) | {"led_pattern": pattern}
+    for key, value in trained.items():
+        if key not in current or value is None:
+            continue
+        now = current[key]
+        same = (
+            math.isclose(float(value), float(now), rel_tol=1e-3)
+            if isinstance(value, int | float) and isinstance(now, int | float)
+            else value == now
+        )
+        if not same:
+            raise ValueError(
+                f"Model {model.name!r} was trained for {key} = {value!r} but the devices have "
+                f"{now!r}; retrain for this optical configuration or restore it."
+            )
+
+
+def _resolve_model(model):
+    if isinstance(model, str):
+        from models import load_model
+
+        return load_model(model)
+    return model
+
+
+def _predict(model, camera) -> float:
+    frame = camera.last_frame
+    if frame is None:
+        raise RuntimeError(f"Camera {camera.name!r} returned no frame to predict from.")
+    return float(model.predict(frame))
+
+
+def cnn_focus(
+    camera: Readable,
+    stage: Movable,
+    led: Movable,
+    model: str = "model.safetensors",
+    *,
+    max_shots: int = 2,
+    tolerance_um: float = 1.0,
+    fallback: str = "fast_focus",
+    off_axis_pattern: str = "off_axis",
+    off_axis_exposure_s: float = 0.25,
+    approach_um: float = 5.0,
+    md: dict | None = None,
+):
+    """Jump to focus from one off-axis exposure, using a trained defocus model.
+
+    Shot 1 predicts the signed defocus and the stage moves by its negative;
+    an optional shot 2 confirms: if it still sees more than
+    ``max(2 * tolerance_um, 1 DOF)`` of defocus the shots disagree. When a
+    prediction lies outside the model's trained range, or the shots
+    disagree, the plan falls back to ``fast_focus`` (a separate run).
+
+    Parameters
+    ----------
+    camera : Readable
+        Camera (provides ``last_frame``).
+    stage : Movable
+        Z stage (µm).
+    led : Movable
+        LED illumination, restored on exit.
+    model : str or DefocusModel
+        Checkpoint path (or a loaded model).
+    max_shots : int
+        1 (predict and move) or 2 (also confirm, and correct a small residual).
+    tolerance_um : float
+        Residual the confirming shot accepts without correction.
+    fallback : str
+        ``"fast_focus"``, ``"brenner_sweep"`` or ``"none"`` (raise instead).
+    off_axis_pattern, off_axis_exposure_s : str, float
+        Illumination and exposure of the shots (must match the model's training).
+    approach_um : float
+        Overshoot below a target before the final upward approach.
+    md : dict, optional
+        Metadata merged into the start document.
+
+    Returns
+    -------
+    FocusResult
+    """
+    if max_shots not in (1, 2):
+        raise ValueError(f"max_shots must be 1 or 2, got {max_shots}.")
+    if fallback not in ("fast_focus", "brenner_sweep", "none"):
+        raise ValueError(
+            f"fallback must be 'fast_focus', 'brenner_sweep' or 'none', got {fallback!r}."
+        )
+    model = _resolve_model(model)
+    check_model_optics(model, camera, led, off_axis_pattern)
+    dof = depth_of_field_from_devices(camera, led)
+    low_range, high_range = model.trained_range_um
+    origin = float(stage.position)
+    apply, restore = _set_and_restore(camera, led, off_axis_pattern, off_axis_exposure_s)
+    state: dict[str, Any] = {"fell_back": False, "reason": ""}
+    _md = {
+        "plan_name": "cnn_focus",
+        "method": "cnn_focus",
+        "purpose": "autofocus",
+        "model_name": model.name,
+        "model_architecture": model.architecture,
+        "model_sha256": model.file_sha256 or "",
+        "model_path": str(model.path or ""),
+        "model_training_run_uids": model.metadata.get("training_run_uids", []),
+        "illumination": off_axis_pattern,
+        "start_z": origin,
+        "optics": optics_metadata(camera, led),
+        "detectors": [camera.name],
+        "motors": [_stage_field(stage)],
+        "plan_args": {"max_shots": max_shots, "tolerance_um": tolerance_um, "fallback": fallback},
+    }
+    _md.update(md or {})
+
+    @bpp.stage_decorator([camera, stage])
+    @bpp.run_decorator(md=_md)
+    def shots():
+        t0 = time.monotonic()
+        yield from apply()
+        exposures = 0
+        predictions = []
+        reading = _Reading("prediction", {"predicted_defocus_um": 0.0, "shot": 0})
+        z = origin
+        for shot in range(max_shots):
+            yield from bps.trigger_and_read([camera, stage])
+            exposures += 1
+            dz = _predict(model, camera)
+            predictions.append(dz)
+            yield from bps.create("prediction")
+            yield from bps.read(reading.update({"predicted_defocus_um": dz, "shot": shot}))
+            yield from bps.save()
+            if not low_range <= dz <= high_range:
+                state.update(fell_back=True, reason=f"prediction {dz:.2f} µm outside trained range")
+                break
+            if shot == 1 and abs(dz) > max(2 * tolerance_um, dof):
+                state.update(fell_back=True, reason=f"shots disagree (residual {dz:.2f} µm)")
+                break
+            if shot == 0 or abs(dz) > tolerance_um:
+                z = z - dz
+                low, high = _stage_limits(stage)
+                if not low <= z <= high:
+                    state.update(fell_back=True, reason=f"target {z:.2f} µm outside limits")
+                    break
+                yield from _approach(stage, z, approach_um)
+        result = FocusResult(
+            best_z=float(stage.position),
+            method="cnn_focus",
+            metric=model.architecture,
+            start_z=origin,
+            exposures=exposures,
+            elapsed_s=time.monotonic() - t0,
+            predicted_defocus=predictions[0],
+            fell_back=state["fell_back"],
+            extra={"predictions_um": predictions, "reason": state["reason"]},
+        )
+        yield from emit_focus_result(result)
+        state["result"] = result
+
+    def back_to_origin(exc):
+        yield from _approach(stage, origin, approach_um)
+
+    uid = yield from bpp.contingency_wrapper(
+        shots(), except_plan=back_to_origin, final_plan=restore
+    )
+    result: FocusResult = state["result"]
+    result.run_uid = uid or ""
+    if not result.fell_back:
+        return result
+    if fallback == "none":
+        yield from _approach(stage, origin, approach_um)
+        raise RuntimeError(f"cnn_focus could not trust the model: {state['reason']}.")
+    yield from _approach(stage, origin, approach_um)
+    search = fast_focus if fallback == "fast_focus" else brenner_sweep
+    rescue = yield from search(
+        camera, stage, led, md={"fallback_for": result.run_uid, **(md or {})}
+    )
+    rescue.fell_back = True
+    rescue.exposures += result.exposures
+    rescue.extra = {"cnn_run_uid": result.run_uid, "reason": state["reason"]}
+    return rescue
+
+
+def track_focus(
+    camera: Readable,
+    stage: Movable,
+    led: Movable,
+    model: str = "model.safetensors",
+    *,
+    num: int = 20,
+    interval_s: float = 1.0,
+    max_step_um: float | None = None,
+    off_axis_pattern: str = "off_axis",
+    off_axis_exposure_s: float = 0.25,
+    md: dict | None = None,
+):
+    """Keep a drifting sample in focus during a time-lapse: one shot and one correction per interval.
+
+    Each time point takes one off-axis exposure (the ``primary`` stream,
+    frames in the catalogue), predicts the defocus and moves the stage by its
+    negative (limited to ``max_step_um``, default the model's trained range);
+    the ``tracking`` stream records the elapsed time, the prediction and the
+    correction, so the trajectory can be replayed.
+
+    Parameters
+    ----------
+    camera, stage, led : devices
+        As for :func:`cnn_focus`.
+    model : str or DefocusModel
+        Checkpoint path (or a loaded model).
+    num : int
+        Number of time points.
+    interval_s : float
+        Time between the starts of successive time points (s).
+    max_step_um : float, optional
+        Largest correction in one step.
+    off_axis_pattern, off_axis_exposure_s : str, float
+        Illumination and exposure of the shots.
+    md : dict, optional
+        Metadata merged into the start document.
+
+    Returns
+    -------
+    dict
+        ``time_s``, ``z_um`` and ``predicted_defocus_um`` lists.
+    """
+    model = _resolve_model(model)
+    check_model_optics(model, camera, led, off_axis_pattern)
+    limit = max_step_um if max_step_um is not None else max(map(abs, model.trained_range_um))
+    apply, restore = _set_and_restore(camera, led, off_axis_pattern, off_axis_exposure_s)
+    trajectory: dict[str, list[float]] = {"time_s": [], "z_um": [], "predicted_defocus_um": []}
+    _md = {
+        "plan_name": "track_focus",
+        "method": "track_focus",
+        "purpose": "time-lapse",
+        "model_name": model.name,
+        "model_sha256": model.file_sha256 or "",
+        "model_training_run_uids": model.metadata.get("training_run_uids", []),
+        "illumination": off_axis_pattern,
+        "num_points": num,
+        "interval_s": interval_s,
+        "optics": optics_metadata(camera, led),
+        "detectors": [camera.name],
+        "motors": [_stage_field(stage)],
+        "hints": {"dimensions": [(["time"], "primary")]},
+    }
+    _md.update(md or {})
+
+    @bpp.stage_decorator([camera, stage])
+    @bpp.run_decorator(md=_md)
+    def lapse():
+        yield from apply()
+        t0 = time.monotonic()
+        reading = _Reading("tracking", {})
+        for i in range(num):
+            deadline = t0 + i * interval_s
+            wait = deadline - time.monotonic()
+            if wait > 0:
+                yield from bps.sleep(wait)
+            yield from bps.trigger_and_read([camera, stage])
+            dz = _predict(model, camera)
+            step = float(np.clip(-dz, -limit, limit))
+            trajectory["time_s"].append(time.monotonic() - t0)
+            trajectory["z_um"].append(float(stage.position))
+            trajectory["predicted_defocus_um"].append(dz)
+            yield from bps.create("tracking")
+            values = {
+                "elapsed_s": trajectory["time_s"][-1],
+                "predicted_defocus_um": dz,
+                "correction_um": step,
+            }
+            yield from bps.read(reading.update(values))
+            yield from bps.save()
+            yield from bps.mv(stage, float(stage.position) + step)
+
+    yield from bpp.finalize_wrapper(lapse(), restore())
+    return trajectory

@@ -1,0 +1,1 @@
+"""Measured figures of bluesky-autofocus: ``python -m benchmarks`` (see ``__main__``)."""

@@ -1,0 +1,59 @@
+"""Simulated field-of-view selector: an XY stage reduced to an index of sample regions."""
+
+from __future__ import annotations
+
+import numpy as np
+from ophyd.sim import SynAxis
+from ophyd.status import MoveStatus
+
+from .samples import ProceduralSample
+from .simulator import OpticalModel
+
+__all__ = ["SimFieldOfView"]
+
+
+class SimFieldOfView(SynAxis):
+    """Moving to position ``k`` puts field of view ``k`` of the procedural sample under the lens.
+
+    Each field is a new region of the same sample family (a new seed) whose
+    focal plane lies up to ``focus_spread_um`` away from field 0's, as on a
+    slide that is not perfectly flat. Real hardware uses an XY stage instead;
+    plans only need a ``Movable``.
+    """
+
+    def __init__(
+        self,
+        model: OpticalModel,
+        *,
+        focus_spread_um: float = 10.0,
+        name: str = "fov",
+        **kwargs,
+    ) -> None:
+        self._model = model
+        self._base_focus = model.focus.focus_um
+        self.focus_spread_um = float(focus_spread_um)
+        sample = model.sample
+        if not isinstance(sample, ProceduralSample):
+            self._family, self._seed = None, 0
+        else:
+            self._family, self._seed = sample.family, sample.seed
+        super().__init__(name=name, value=0, egu="field", precision=0, **kwargs)
+
+    def focus_offset_um(self, k: int) -> float:
+        if k == 0:
+            return 0.0
+        rng = np.random.default_rng([self._seed, k, 7])
+        return float(rng.uniform(-self.focus_spread_um, self.focus_spread_um))
+
+    def set(self, value: float) -> MoveStatus:
+        k = int(round(float(value)))
+        if self._family is None:
+            raise ValueError(
+                "Only a procedural sample has other fields of view; this microscope holds "
+                f"{self._model.sample.label!r} (use SimMicroscope.set_sample to change it)."
+            )
+        if k < 0:
+            raise ValueError(f"Field-of-view index must be >= 0, got {value!r}.")
+        self._model.set_sample(ProceduralSample(self._family, self._seed + 7919 * k))
+        self._model.focus.focus_um = self._base_focus + self.focus_offset_um(k)
+        return super().set(k)

@@ -1,0 +1,238 @@
+"""Learned single-shot defocus regressors (torch) and their checkpoints.
+
+A checkpoint is one ``.safetensors`` file: the weights (plain tensors, never
+pickled) and, in its header, JSON metadata — the architecture, the
+preprocessing, the optical configuration the model was trained for, the
+training run uids and the validation figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .preprocessing import Preprocessing
+
+__all__ = [
+    "ARCHITECTURES",
+    "CHECKPOINT_FORMAT",
+    "DefocusCNN",
+    "DefocusModel",
+    "FourierMLP",
+    "ModelFileError",
+    "load_model",
+]
+
+CHECKPOINT_FORMAT = "bluesky-autofocus-defocus-model"
+CHECKPOINT_VERSION = "1"
+
+
+class ModelFileError(ValueError):
+    """A file is not a readable bluesky-autofocus model checkpoint."""
+
+
+class DefocusCNN(nn.Module):
+    """Small CNN over two channels (normalised image, log|FFT|) -> signed defocus."""
+
+    def __init__(self, crop: int = 128, width: int = 16) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int, k: int) -> list[nn.Module]:
+            return [
+                nn.Conv2d(cin, cout, k, stride=2, padding=k // 2),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+            ]
+
+        self.features = nn.Sequential(
+            *block(2, width, 5),
+            *block(width, 2 * width, 3),
+            *block(2 * width, 4 * width, 3),
+            *block(4 * width, 4 * width, 3),
+            nn.AdaptiveAvgPool2d(4),
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(4 * width * 16, 64),
+            nn.ReLU(),
+            nn.Dropout(0.1),
+            nn.Linear(64, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).squeeze(-1)
+
+
+class FourierMLP(nn.Module):
+    """Fully connected network on pooled log|FFT| features (the classic baseline)."""
+
+    def __init__(self, features: int = 1024, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(features, hidden),
+            nn.ReLU(),
+            nn.Dropout(0.1),
+            nn.Linear(hidden, 64),
+            nn.ReLU(),
+            nn.Linear(64, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+ARCHITECTURES = ("DefocusCNN", "FourierMLP")
+
+
+def _build(architecture: str, preprocessing: Preprocessing) -> nn.Module:
+    if architecture == "DefocusCNN":
+        return DefocusCNN(crop=preprocessing.crop)
+    if architecture == "FourierMLP":
+        return FourierMLP(features=(preprocessing.crop // preprocessing.fft_pool) ** 2)
+    raise ValueError(f"Unknown architecture {architecture!r}; choose one of {ARCHITECTURES}.")
+
+
+class DefocusModel:
+    """A trained defocus regressor: frames in, signed defocus ``z - z_focus`` (µm) out."""
+
+    def __init__(
+        self,
+        architecture: str,
+        preprocessing: Preprocessing | None = None,
+        *,
+        label_scale_um: float = 10.0,
+        metadata: dict[str, Any] | None = None,
+        net: nn.Module | None = None,
+    ) -> None:
+        self.architecture = architecture
+        self.preprocessing = preprocessing or Preprocessing()
+        self.net = net if net is not None else _build(architecture, self.preprocessing)
+        self.label_scale_um = float(label_scale_um)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.path: Path | None = None
+        self.file_sha256: str | None = None
+
+    # -- inputs --------------------------------------------------------------------
+    def inputs(
+        self,
+        frames: Sequence[np.ndarray] | np.ndarray,
+        corners: Sequence[tuple[int, int]] | None = None,
+    ) -> torch.Tensor:
+        """Network inputs of ``frames``: centre crops, or crops at ``corners`` (training)."""
+        prep = (
+            self.preprocessing.channels
+            if self.architecture == "DefocusCNN"
+            else self.preprocessing.fft_features
+        )
+        corners = corners if corners is not None else [None] * len(frames)
+        return torch.from_numpy(
+            np.stack([prep(f, c) for f, c in zip(frames, corners, strict=True)])
+        )
+
+    def predict(self, frames: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """Signed defocus in µm of each frame (``z - z_focus``)."""
+        frames = np.asarray(frames)
+        single = frames.ndim == 2
+        batch = frames[None] if single else frames
+        self.net.eval()
+        with torch.inference_mode():
+            out = self.net(self.inputs(batch)).numpy() * self.label_scale_um
+        return out[0] if single else out
+
+    @property
+    def trained_range_um(self) -> tuple[float, float]:
+        low, high = self.metadata.get(
+            "trained_range_um", (-self.label_scale_um, self.label_scale_um)
+        )
+        return float(low), float(high)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.get("name", self.architecture)
+
+    # -- checkpoint ---------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "architecture": self.architecture,
+            "preprocessing": json.dumps(self.preprocessing.to_dict()),
+            "label_scale_um": repr(self.label_scale_um),
+            "metadata": json.dumps(self.metadata),
+        }
+        state = {k: v.detach().contiguous() for k, v in self.net.state_dict().items()}
+        save_file(state, str(path), metadata=header)
+        self.path = path
+        self.file_sha256 = _sha256(path)
+        return path
+
+    def __repr__(self) -> str:
+        val = self.metadata.get("validation", {})
+        mae = val.get("mae_um")
+        return f"DefocusModel({self.architecture}, {self.name!r}" + (
+            f", val MAE {mae:.2f} µm)" if mae is not None else ")"
+        )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model(path: str | Path) -> DefocusModel:
+    """Load a checkpoint written by :meth:`DefocusModel.save` (no pickle is ever read)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"No model file at {path}; train one with `autofocus train`.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            if header.get("format") != CHECKPOINT_FORMAT:
+                raise ModelFileError(
+                    f"{path} is a safetensors file but not a bluesky-autofocus model "
+                    "checkpoint; give a file written by `autofocus train`."
+                )
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open API)
+    except ModelFileError:
+        raise
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelFileError(
+            f"{path} is not a readable bluesky-autofocus model checkpoint ({err}); "
+            "give a .safetensors file written by `autofocus train`."
+        ) from None
+    if header.get("version") != CHECKPOINT_VERSION:
+        raise ModelFileError(
+            f"{path} has checkpoint version {header.get('version')!r}; this release reads "
+            f"version {CHECKPOINT_VERSION}."
+        )
+    try:
+        preprocessing = Preprocessing(**json.loads(header["preprocessing"]))
+        model = DefocusModel(
+            header["architecture"],
+            preprocessing,
+            label_scale_um=float(header["label_scale_um"]),
+            metadata=json.loads(header["metadata"]),
+        )
+        model.net.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ModelFileError(f"{path} has a damaged model header or weights ({err}).") from None
+    model.net.eval()
+    model.path = path
+    model.file_sha256 = _sha256(path)
+    return model

@@ -1,0 +1,226 @@
+"""Training data from catalogue runs, and training with a field-of-view validation split."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .learned import ARCHITECTURES, DefocusModel
+from .preprocessing import Preprocessing
+
+__all__ = ["DefocusExamples", "examples_from_runs", "regression_metrics", "train"]
+
+#: optical settings a model is tied to; a plan refuses a model whose values differ
+OPTICS_KEYS = (
+    "led_objective_na",
+    "led_immersion_index",
+    "led_wavelength_um",
+    "camera_pixel_size_um",
+    "led_pitch_mm",
+    "led_height_mm",
+    "led_pattern",
+)
+
+
+@dataclass
+class DefocusExamples:
+    """Frames labelled with their signed defocus ``z - z_focus`` (µm), grouped by field of view."""
+
+    frames: np.ndarray
+    defocus_um: np.ndarray
+    fov: np.ndarray
+    run_uids: list[str] = field(default_factory=list)
+    optics: dict[str, Any] = field(default_factory=dict)
+    depth_of_field_um: float = float("nan")
+
+    def __len__(self) -> int:
+        return len(self.defocus_um)
+
+    def subset(self, mask: np.ndarray) -> DefocusExamples:
+        return DefocusExamples(
+            self.frames[mask],
+            self.defocus_um[mask],
+            self.fov[mask],
+            self.run_uids,
+            self.optics,
+            self.depth_of_field_um,
+        )
+
+
+def examples_from_runs(runs: Iterable[Any], *, progress: bool = True) -> DefocusExamples:
+    """Read labelled frames from training runs of a Tiled catalogue.
+
+    Each run must be a training run written by
+    ``autofocus_plans.collect_training_set`` (its start document holds
+    ``z_focus_um``, ``fov_id``, ``motors`` and ``optics``).
+    """
+    frames, labels, fovs, uids = [], [], [], []
+    optics: dict[str, Any] = {}
+    dof = float("nan")
+    runs = list(runs)
+    for run in tqdm(runs, desc="reading runs", unit="run", disable=not progress):
+        start = run.start
+        if "z_focus_um" not in start:
+            raise ValueError(
+                f"Run {start['uid'][:8]} is not a training run (no z_focus_um in its start "
+                "document); select runs with purpose='training'."
+            )
+        stream = run["primary"]
+        image_key = next(k for k in stream if k.endswith("_image"))
+        z = np.asarray(stream[start["motors"][0]].read(), dtype=float)
+        stack = np.asarray(stream[image_key].read())
+        n = min(len(z), len(stack))
+        frames.append(stack[:n])
+        labels.append(z[:n] - float(start["z_focus_um"]))
+        fovs.extend([str(start.get("fov_id", start["uid"]))] * n)
+        uids.append(start["uid"])
+        run_optics = {k: start.get("optics", {}).get(k) for k in OPTICS_KEYS}
+        if optics and run_optics != optics:
+            differing = [k for k in OPTICS_KEYS if run_optics[k] != optics[k]]
+            raise ValueError(
+                f"Training runs mix optical configurations ({', '.join(differing)} differ); "
+                "train one model per configuration."
+            )
+        optics = run_optics
+        dof = float(start.get("depth_of_field_um", dof))
+    if not frames:
+        raise ValueError("No training runs given; collect some with `autofocus collect`.")
+    return DefocusExamples(
+        np.concatenate(frames), np.concatenate(labels), np.asarray(fovs), uids, optics, dof
+    )
+
+
+def regression_metrics(true_um, predicted_um, dof_um: float) -> dict[str, float]:
+    error = np.asarray(predicted_um) - np.asarray(true_um)
+    mae, rmse = float(np.mean(np.abs(error))), float(np.sqrt(np.mean(error**2)))
+    p95 = float(np.percentile(np.abs(error), 95))
+    return {
+        "mae_um": mae,
+        "rmse_um": rmse,
+        "p95_um": p95,
+        "mae_dof": mae / dof_um,
+        "rmse_dof": rmse / dof_um,
+        "p95_dof": p95 / dof_um,
+        "n": int(error.size),
+    }
+
+
+def _split_by_fov(fov: np.ndarray, val_fraction: float, rng: np.random.Generator):
+    fields = np.unique(fov)
+    if len(fields) < 2:
+        raise ValueError(
+            "Training needs frames from at least 2 fields of view to validate on unseen "
+            "ones; collect more fields."
+        )
+    rng.shuffle(fields)
+    n_val = min(len(fields) - 1, max(1, round(val_fraction * len(fields))))
+    val_fields = set(fields[:n_val].tolist())
+    return np.array([f not in val_fields for f in fov]), sorted(val_fields)
+
+
+def train(
+    examples: DefocusExamples,
+    architecture: str = "DefocusCNN",
+    *,
+    epochs: int = 60,
+    batch_size: int = 32,
+    learning_rate: float = 2e-3,
+    val_fraction: float = 0.25,
+    patience: int = 8,
+    crops_per_frame: int = 4,
+    seed: int = 0,
+    preprocessing: Preprocessing | None = None,
+    name: str | None = None,
+    progress: bool = True,
+) -> DefocusModel:
+    """Train a defocus regressor; validation frames come from fields of view never trained on.
+
+    Stops early when the validation MAE has not improved for ``patience``
+    epochs and keeps the best weights. The returned model's metadata holds
+    the architecture, preprocessing, optics, training run uids and the
+    validation MAE/RMSE in µm and in depths of field.
+    """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"Unknown architecture {architecture!r}; choose one of {ARCHITECTURES}.")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    preprocessing = preprocessing or Preprocessing()
+    is_train, val_fields = _split_by_fov(examples.fov, val_fraction, rng)
+    scale = float(np.max(np.abs(examples.defocus_um))) or 1.0
+    model = DefocusModel(architecture, preprocessing, label_scale_um=scale)
+    y = torch.from_numpy((examples.defocus_um / scale).astype(np.float32))
+    train_frames = examples.frames[is_train]
+    # several random crops of each training frame: new views of the sample, same defocus
+    corners = [
+        preprocessing.random_corner(f.shape, rng)
+        for f in train_frames
+        for _ in range(crops_per_frame)
+    ]
+    x_train = model.inputs(np.repeat(train_frames, crops_per_frame, axis=0), corners)
+    y_train = y[torch.from_numpy(is_train)].repeat_interleave(crops_per_frame)
+    x_val, y_val = model.inputs(examples.frames[~is_train]), y[torch.from_numpy(~is_train)]
+
+    net = model.net
+    optimizer = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3)
+    loss_fn = nn.SmoothL1Loss(beta=0.05)
+    generator = torch.Generator().manual_seed(seed)
+    best = (float("inf"), copy.deepcopy(net.state_dict()), 0)
+    t0 = time.monotonic()
+    bar = tqdm(range(epochs), desc=f"training {architecture}", unit="epoch", disable=not progress)
+    for epoch in bar:
+        net.train()
+        order = torch.randperm(len(y_train), generator=generator)
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            if len(idx) < 2:
+                continue
+            xb = x_train[idx]
+            if architecture == "DefocusCNN":
+                # flipping rows is a symmetry of illumination along x; flipping columns is not
+                flip = torch.rand(len(idx), generator=generator) < 0.5
+                xb = torch.where(flip[:, None, None, None], xb.flip(-2), xb)
+            optimizer.zero_grad()
+            loss = loss_fn(net(xb), y_train[idx])
+            loss.backward()
+            optimizer.step()
+        net.eval()
+        with torch.inference_mode():
+            val_mae = float(torch.mean(torch.abs(net(x_val) - y_val))) * scale
+        scheduler.step(val_mae)
+        bar.set_postfix(val_mae_um=f"{val_mae:.2f}", loss=f"{loss.item():.4f}")
+        if val_mae < best[0]:
+            best = (val_mae, copy.deepcopy(net.state_dict()), epoch)
+        elif epoch - best[2] >= patience:
+            break
+    net.load_state_dict(best[1])
+    net.eval()
+    with torch.inference_mode():
+        predicted = net(x_val).numpy() * scale
+    dof = examples.depth_of_field_um
+    validation = regression_metrics(y_val.numpy() * scale, predicted, dof)
+    model.metadata = {
+        "name": name or f"{architecture}-{time.strftime('%Y%m%d-%H%M%S')}",
+        "architecture": architecture,
+        "preprocessing": preprocessing.to_dict(),
+        "optics": examples.optics,
+        "depth_of_field_um": dof,
+        "training_run_uids": examples.run_uids,
+        "trained_range_um": [float(examples.defocus_um.min()), float(examples.defocus_um.max())],
+        "validation": validation,
+        "validation_fields": val_fields,
+        "train_examples": int(is_train.sum()),
+        "crops_per_frame": crops_per_frame,
+        "epochs": best[2] + 1,
+        "training_time_s": time.monotonic() - t0,
+        "seed": seed,
+    }
+    return model
