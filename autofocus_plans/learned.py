@@ -194,7 +194,7 @@ def collect_training_set(
 
         @bpp.stage_decorator([camera, stage])
         @bpp.run_decorator(md=_md)
-        def shots(targets=targets):
+        def shots(targets=targets, apply=apply):
             yield from apply()
             yield from _approach(stage, targets[0], 5.0)
             for z in targets:
@@ -402,7 +402,7 @@ def track_focus(
     off_axis_exposure_s: float = 0.25,
     md: dict | None = None,
 ):
-    """Keep a drifting sample in focus during a time-lapse: one shot and one correction per interval.
+    """Hold a drifting sample in focus during a time-lapse: one shot, one correction per interval.
 
     Each time point takes one off-axis exposure (the ``primary`` stream,
     frames in the catalogue), predicts the defocus and moves the stage by its

@@ -46,7 +46,7 @@ class SimFieldOfView(SynAxis):
         return float(rng.uniform(-self.focus_spread_um, self.focus_spread_um))
 
     def set(self, value: float) -> MoveStatus:
-        k = int(round(float(value)))
+        k = round(float(value))
         if self._family is None:
             raise ValueError(
                 "Only a procedural sample has other fields of view; this microscope holds "
