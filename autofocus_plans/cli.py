@@ -133,6 +133,133 @@ def cmd_serve(args) -> int:
     return subprocess.call(command, env=env)
 
 
+# -- learned focus -------------------------------------------------------------------------
+def _simulated_microscope(args, **kwargs):
+    from devices import SimMicroscope
+
+    return SimMicroscope(args.sample, seed=args.seed, time_scale=0, **kwargs)
+
+
+def _progress_callback(total: int, description: str):
+    """A RunEngine callback that advances a tqdm bar at the end of each run."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=description, unit="run")
+
+    def callback(name, doc):
+        if name == "stop" and doc.get("exit_status") == "success":
+            bar.update(1)
+
+    return bar, callback
+
+
+def cmd_collect(args) -> int:
+    from bluesky import RunEngine
+
+    from .catalog import open_catalog, subscribe_catalog
+    from .learned import collect_training_set
+
+    catalog = open_catalog(args.catalog)
+    mic = _simulated_microscope(args)
+    RE = RunEngine({}, call_returns_result=True)
+    subscribe_catalog(RE, catalog, cameras=[mic.camera])
+    bar, progress = _progress_callback(2 * args.fields, "collecting (sweep + shots per field)")
+    RE.subscribe(progress)
+    fields = list(range(args.first_field, args.first_field + args.fields))
+    uids = RE(
+        collect_training_set(
+            mic.camera,
+            mic.z,
+            mic.led,
+            mic.fov,
+            fields,
+            shots_per_field=args.shots,
+            training_set=args.training_set,
+            seed=args.seed,
+            md={"sample": args.sample},
+        )
+    ).plan_result
+    bar.close()
+    print(f"collected {len(uids)} training run(s) into training set {args.training_set!r}")
+    return 0
+
+
+def _training_runs(catalog, training_set: str):
+    from .replay import find_runs
+
+    runs = find_runs(catalog, purpose="training")
+    runs = [r for r in runs.values() if r.start.get("training_set") == training_set]
+    if not runs:
+        raise ValueError(
+            f"No training runs of set {training_set!r} in the catalogue; collect them with "
+            f"`autofocus collect --training-set {training_set}`."
+        )
+    return runs
+
+
+def cmd_train(args) -> int:
+    import models
+
+    from .catalog import open_catalog
+
+    runs = _training_runs(open_catalog(args.catalog), args.training_set)
+    examples = models.examples_from_runs(runs)
+    model = models.train(
+        examples,
+        args.architecture,
+        epochs=args.epochs,
+        crops_per_frame=args.crops,
+        seed=args.seed,
+        name=args.name,
+    )
+    path = model.save(args.out)
+    v = model.metadata["validation"]
+    print(
+        f"{model.architecture} trained on {len(examples)} frames from {len(runs)} fields; "
+        f"validation on unseen fields: MAE {v['mae_um']:.2f} µm ({v['mae_dof']:.2f} DOF), "
+        f"RMSE {v['rmse_um']:.2f} µm ({v['rmse_dof']:.2f} DOF)\nsaved to {path}"
+    )
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import models
+
+    from .catalog import open_catalog
+    from .plots import plot_predictions
+
+    model = models.load_model(args.model)
+    runs = _training_runs(open_catalog(args.catalog), args.training_set)
+    trained_on = set(model.metadata.get("training_run_uids", []))
+    held_out = [r for r in runs if r.start["uid"] not in trained_on]
+    if not held_out:
+        raise ValueError(
+            f"Every run of set {args.training_set!r} was used to train {model.name!r}; "
+            "collect a separate set (e.g. --training-set holdout) to evaluate on."
+        )
+    examples = models.examples_from_runs(held_out)
+    predicted = model.predict(examples.frames)
+    metrics = models.regression_metrics(examples.defocus_um, predicted, examples.depth_of_field_um)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    png = plot_predictions(
+        examples.defocus_um, predicted, output / "predicted_vs_true.png", title=model.name
+    )
+    report = output / "evaluation.md"
+    report.write_text(
+        f"# Evaluation of {model.name}\n\n"
+        f"{len(examples)} frames from {len(held_out)} held-out field(s) of set "
+        f"{args.training_set!r}.\n\n| metric | µm | DOF |\n|---|---|---|\n"
+        + "".join(
+            f"| {m.upper()} | {metrics[m + '_um']:.3f} | {metrics[m + '_dof']:.3f} |\n"
+            for m in ("mae", "rmse", "p95")
+        )
+    )
+    print(report.read_text())
+    print(f"plots: {png}")
+    return 0
+
+
 # -- front door --------------------------------------------------------------------------
 def cmd_demo(args) -> int:
     from .demo import run_demo
@@ -201,6 +328,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="API key (default $TILED_API_KEY or a random one, printed)")
     p.add_argument("--config", default=str(TILED_CONFIG), help="Tiled config file")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("collect", help="collect a training set on the simulated microscope")
+    _catalog_arg(p)
+    p.add_argument("--sample", default="tissue", help="sample family (default tissue)")
+    p.add_argument("--fields", type=int, default=16, help="fields of view (default 16)")
+    p.add_argument("--first-field", type=int, default=0, help="index of the first field")
+    p.add_argument("--shots", type=int, default=30, help="off-axis shots per field (default 30)")
+    p.add_argument("--training-set", default="default", help="tag of the set (default 'default')")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample and offsets")
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("train", help="train a defocus model on a collected training set")
+    _catalog_arg(p)
+    p.add_argument("--training-set", default="default", help="which set (default 'default')")
+    p.add_argument("--architecture", default="DefocusCNN", choices=["DefocusCNN", "FourierMLP"])
+    p.add_argument("--epochs", type=int, default=40, help="most epochs (early stopping)")
+    p.add_argument("--crops", type=int, default=4, help="random crops per training frame")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", help="model name recorded in the checkpoint")
+    p.add_argument("--out", default="model.safetensors", help="checkpoint file to write")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a model on held-out runs; report and plots")
+    _catalog_arg(p)
+    p.add_argument("model", help="checkpoint (.safetensors) written by `autofocus train`")
+    p.add_argument("--training-set", default="holdout", help="set to evaluate on (default holdout)")
+    p.add_argument("--output", default="evaluation", help="folder for the report and PNGs")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("shell", help="open the IPython session (RunEngine, devices, plans)")
     _catalog_arg(p)

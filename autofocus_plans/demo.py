@@ -1,0 +1,263 @@
+"""``autofocus demo``: the whole story on the simulated microscope, into the embedded catalogue."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DemoSettings", "run_demo"]
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    fields: int
+    shots: int
+    epochs: int
+    crops: int
+    cnn_trials: int
+    track_points: int
+    track_interval_s: float
+
+    @classmethod
+    def for_mode(cls, fast: bool) -> DemoSettings:
+        if fast:
+            return cls(
+                fields=6,
+                shots=16,
+                epochs=6,
+                crops=1,
+                cnn_trials=2,
+                track_points=6,
+                track_interval_s=0.2,
+            )
+        return cls(
+            fields=20,
+            shots=30,
+            epochs=30,
+            crops=3,
+            cnn_trials=6,
+            track_points=20,
+            track_interval_s=0.5,
+        )
+
+
+@dataclass
+class _Row:
+    method: str
+    errors_um: list[float]
+    exposures: list[int]
+    seconds: list[float]
+
+
+def run_demo(
+    catalog: str | None = None,
+    output: Path = Path("demo-output"),
+    *,
+    fast: bool = False,
+    seed: int = 0,
+    sample: str = "tissue",
+) -> dict[str, _Row]:
+    """Sweep, fast focus, training-set collection, training, CNN focus and drift tracking."""
+    from bluesky import RunEngine
+    from rich.console import Console
+    from rich.table import Table
+
+    import models
+    from devices import SimMicroscope
+
+    from .brenner import brenner_sweep, fast_focus
+    from .catalog import frames_dir_for, open_catalog, subscribe_catalog
+    from .learned import cnn_focus, collect_training_set, track_focus
+    from .plots import plot_focus_curve, plot_image_series, plot_predictions, plot_trajectory
+    from .replay import load_table
+
+    console = Console()
+    settings = DemoSettings.for_mode(fast)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+
+    def step(text: str) -> None:
+        console.print(
+            f"[bold cyan]▶ {text}[/bold cyan]  [dim]({time.monotonic() - t_start:.0f} s)[/dim]"
+        )
+
+    step("opening the embedded catalogue")
+    cat = open_catalog(catalog)
+    RE = RunEngine({}, call_returns_result=True)
+    mic = SimMicroscope(sample, seed=seed, focus_um=12.3, time_scale=0)
+    subscribe_catalog(RE, cat, cameras=[mic.camera])
+    dof = mic.depth_of_field_um
+    console.print(f"  {mic}; catalogue has {len(cat)} run(s)")
+    rows: dict[str, _Row] = {}
+
+    def record(name: str, result, truth: float) -> None:
+        row = rows.setdefault(name, _Row(name, [], [], []))
+        row.errors_um.append(result.best_z - truth)
+        row.exposures.append(result.exposures)
+        row.seconds.append(result.elapsed_s)
+
+    # 1. full Brenner sweep, from 3 DOF away
+    step("Brenner sweep (brightfield)")
+    mic.z.set(mic.true_focus() + 3 * dof).wait()
+    sweep = RE(
+        brenner_sweep(mic.camera, mic.z, mic.led, -25, 25, 26, md={"sample": sample})
+    ).plan_result
+    record("Brenner sweep", sweep, mic.true_focus())
+    run = cat[sweep.run_uid]
+    table = load_table(run)
+    plot_focus_curve(
+        table["z"],
+        table[f"{mic.camera.name}_brenner"],
+        output / "focus_curve.png",
+        best_z=sweep.best_z,
+        true_focus=mic.true_focus(),
+        title="Brenner sweep (from the catalogue)",
+    )
+
+    # a defocus series under off-axis light, for the eye
+    mic.led.set("off_axis")
+    mic.camera.exposure_time.put(0.25)
+    offsets = [-4, -2, 0, 2, 4]
+    images = []
+    for k in offsets:
+        mic.z.set(mic.true_focus() + k * dof).wait()
+        images.append(mic.camera.snap()[64:192, 64:192])
+    plot_image_series(
+        images,
+        [f"{k:+d} DOF" for k in offsets],
+        output / "defocus_series.png",
+        title="Off-axis LED: defocus shifts and reshapes the image",
+    )
+    mic.led.set("brightfield")
+    mic.camera.exposure_time.put(0.01)
+
+    # 2. fast focus
+    step("fast focus (coarse-to-fine)")
+    mic.z.set(mic.true_focus() - 4 * dof).wait()
+    fast = RE(fast_focus(mic.camera, mic.z, mic.led, -25, 25, md={"sample": sample})).plan_result
+    record("fast_focus", fast, mic.true_focus())
+
+    # 3. training set and training
+    step(f"collecting a training set: {settings.fields} fields x {settings.shots} off-axis shots")
+    fields = list(range(1, settings.fields + 1))
+    uids = RE(
+        collect_training_set(
+            mic.camera,
+            mic.z,
+            mic.led,
+            mic.fov,
+            fields,
+            shots_per_field=settings.shots,
+            training_set="demo",
+            seed=seed,
+            md={"sample": sample},
+        )
+    ).plan_result
+    step(f"training DefocusCNN on {len(uids)} runs from the catalogue")
+    examples = models.examples_from_runs([cat[u] for u in uids])
+    model = models.train(
+        examples,
+        "DefocusCNN",
+        epochs=settings.epochs,
+        crops_per_frame=settings.crops,
+        seed=seed,
+        name="demo-cnn",
+    )
+    model_path = model.save(output / "demo-cnn.safetensors")
+    val = model.metadata["validation"]
+    console.print(
+        f"  validation on unseen fields: MAE {val['mae_um']:.2f} µm ({val['mae_dof']:.2f} DOF); "
+        f"predicting the mean would give {np.mean(np.abs(examples.defocus_um)):.2f} µm"
+    )
+    model = models.load_model(model_path)
+    val_frames = examples.subset(np.isin(examples.fov, model.metadata["validation_fields"]))
+    plot_predictions(
+        val_frames.defocus_um,
+        model.predict(val_frames.frames),
+        output / "predicted_vs_true.png",
+        title="DefocusCNN on unseen fields",
+    )
+
+    # 4. CNN focus on fields never seen in training
+    step(f"CNN focus on {settings.cnn_trials} new fields")
+    rng = np.random.default_rng(seed + 1)
+    for k in range(settings.cnn_trials):
+        mic.fov.set(1000 + k).wait()
+        mic.z.set(mic.true_focus() + rng.uniform(-4, 4) * dof).wait()
+        result = RE(cnn_focus(mic.camera, mic.z, mic.led, model, md={"sample": sample})).plan_result
+        record("cnn_focus" + (" (fell back)" if result.fell_back else ""), result, mic.true_focus())
+
+    # 5. drift tracking
+    step(
+        f"tracking a drifting sample: {settings.track_points} shots, {settings.track_interval_s} s apart"
+    )
+    drifting = SimMicroscope(
+        sample, seed=seed + 4242, drift_um_per_s=1.5 if not fast else 4.0, time_scale=0
+    )
+    drifting.camera.write_dir = frames_dir_for(cat)
+    truth: list[float] = []
+    key = f"{drifting.camera.name}_brenner"
+    RE.subscribe(
+        lambda name, doc: (
+            name == "event" and key in doc["data"] and truth.append(drifting.true_focus())
+        )
+    )
+    trajectory = RE(
+        track_focus(
+            drifting.camera,
+            drifting.z,
+            drifting.led,
+            model,
+            num=settings.track_points,
+            interval_s=settings.track_interval_s,
+            md={"sample": sample},
+        )
+    ).plan_result
+    n = len(trajectory["z_um"])
+    truth_at_shots = truth[-n:]
+    errors = np.asarray(trajectory["z_um"]) - np.asarray(truth_at_shots)
+    plot_trajectory(
+        trajectory["time_s"],
+        trajectory["z_um"],
+        truth_at_shots,
+        output / "drift_tracking.png",
+        uncorrected=[trajectory["z_um"][0]] * n,
+        title="Focus tracking under drift",
+    )
+    rows["track_focus (per shot)"] = _Row(
+        "track_focus (per shot)", list(errors), [1] * n, list(np.diff([0.0, *trajectory["time_s"]]))
+    )
+
+    summary = Table(title="Autofocus summary (simulated microscope, DOF %.2f µm)" % dof)
+    for column in (
+        "method",
+        "runs",
+        "median |error| µm",
+        "median |error| DOF",
+        "exposures",
+        "time s",
+    ):
+        summary.add_column(column, justify="right" if column != "method" else "left")
+    for row in rows.values():
+        err = np.abs(row.errors_um)
+        summary.add_row(
+            row.method,
+            str(len(err)),
+            f"{np.median(err):.2f}",
+            f"{np.median(err) / dof:.2f}",
+            f"{np.mean(row.exposures):.1f}",
+            f"{np.median(row.seconds):.2f}",
+        )
+    console.print(summary)
+    console.print(
+        f"plots in {output.resolve()}: " + ", ".join(sorted(p.name for p in output.glob("*.png")))
+    )
+    console.print(
+        f"catalogue: {len(cat)} run(s); try `autofocus runs` and `autofocus replay {sweep.run_uid[:8]} --plot curve.png`"
+    )
+    step("done")
+    return rows
