@@ -194,12 +194,14 @@ def collect_training_set(
 
         @bpp.stage_decorator([camera, stage])
         @bpp.run_decorator(md=_md)
-        def shots(targets=targets, apply=apply):
+        def shots(targets=targets, apply=apply, z_focus=z_focus):
             yield from apply()
             yield from _approach(stage, targets[0], 5.0)
             for z in targets:
                 yield from bps.mv(stage, z)
                 yield from bps.trigger_and_read([camera, stage])
+            # back to this field's focus: the next field's sweep is centred on it
+            yield from _approach(stage, z_focus, 5.0)
 
         uid = yield from bpp.finalize_wrapper(shots(), restore())
         uids.append(uid)

@@ -1,0 +1,22 @@
+# Plans: bluesky's own and the autofocus plans, ready for RE(...) or the queue.
+from bluesky.plans import count, list_scan, rel_scan, scan  # noqa: F401
+
+from autofocus_plans import (  # noqa: F401
+    brenner_sweep,
+    cnn_focus,
+    collect_training_set,
+    fast_focus,
+    find_runs,
+    load_frames,
+    load_table,
+    reanalyze,
+    replay,
+    track_focus,
+)
+from bluesky_queueserver import is_re_worker_active
+
+if not is_re_worker_active():
+    print(
+        f"bluesky-autofocus: RE, camera, led, z, catalog ready ({microscope!r}).\n"  # noqa: F821
+        "  try: RE(brenner_sweep(camera, z, led))"
+    )
