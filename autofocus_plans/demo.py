@@ -193,7 +193,8 @@ def run_demo(
 
     # 5. drift tracking
     step(
-        f"tracking a drifting sample: {settings.track_points} shots, {settings.track_interval_s} s apart"
+        f"tracking a drifting sample: {settings.track_points} shots, "
+        f"{settings.track_interval_s} s apart"
     )
     drifting = SimMicroscope(
         sample, seed=seed + 4242, drift_um_per_s=1.5 if not fast else 4.0, time_scale=0
@@ -232,7 +233,7 @@ def run_demo(
         "track_focus (per shot)", list(errors), [1] * n, list(np.diff([0.0, *trajectory["time_s"]]))
     )
 
-    summary = Table(title="Autofocus summary (simulated microscope, DOF %.2f µm)" % dof)
+    summary = Table(title=f"Autofocus summary (simulated microscope, DOF {dof:.2f} µm)")
     for column in (
         "method",
         "runs",
@@ -257,7 +258,8 @@ def run_demo(
         f"plots in {output.resolve()}: " + ", ".join(sorted(p.name for p in output.glob("*.png")))
     )
     console.print(
-        f"catalogue: {len(cat)} run(s); try `autofocus runs` and `autofocus replay {sweep.run_uid[:8]} --plot curve.png`"
+        f"catalogue: {len(cat)} run(s); try `autofocus runs` and "
+        f"`autofocus replay {sweep.run_uid[:8]} --plot curve.png`"
     )
     step("done")
     return rows

@@ -1,5 +1,6 @@
 # Plans: bluesky's own and the autofocus plans, ready for RE(...) or the queue.
 from bluesky.plans import count, list_scan, rel_scan, scan  # noqa: F401
+from bluesky_queueserver import is_re_worker_active
 
 from autofocus_plans import (  # noqa: F401
     brenner_sweep,
@@ -13,7 +14,6 @@ from autofocus_plans import (  # noqa: F401
     replay,
     track_focus,
 )
-from bluesky_queueserver import is_re_worker_active
 
 if not is_re_worker_active():
     print(
