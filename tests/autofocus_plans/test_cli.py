@@ -1,0 +1,78 @@
+"""The `autofocus` command line, the demo in fast mode, and the README's commands."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autofocus_plans.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+AUTOFOCUS = str(Path(sys.executable).with_name("autofocus"))
+COMMANDS = ["demo", "runs", "show", "replay", "serve", "collect", "train", "evaluate", "shell"]
+
+
+def _run(*args, cwd=None, check=True):
+    return subprocess.run(
+        [AUTOFOCUS, *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=check
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_answers_help(command):
+    out = _run(command, "--help").stdout
+    assert out.startswith(f"usage: autofocus {command}")
+
+
+def test_fast_demo_then_runs_show_replay(tmp_path):
+    catalog, output = tmp_path / "catalog", tmp_path / "out"
+    demo = _run("demo", "--fast", "--catalog", str(catalog), "--output", str(output), cwd=tmp_path)
+    assert "Autofocus summary" in demo.stdout
+    for png in (
+        "focus_curve.png",
+        "defocus_series.png",
+        "predicted_vs_true.png",
+        "drift_tracking.png",
+    ):
+        assert (output / png).stat().st_size > 1000, png
+
+    runs = _run("runs", "--catalog", str(catalog), "--plan", "brenner_sweep").stdout
+    uids = re.findall(r"│\s*\S+ \S+\s*│\s*([0-9a-f]{8})\s*│\s*brenner_sweep", runs)
+    assert uids, runs
+    shown = _run("show", uids[-1], "--catalog", str(catalog)).stdout
+    assert "plan_name: brenner_sweep" in shown and "focus_result" in shown
+
+    plot = tmp_path / "curve.png"
+    replayed = _run("replay", uids[-1], "--catalog", str(catalog), "--plot", str(plot)).stdout
+    assert "replayed" in replayed and plot.stat().st_size > 1000
+    assert "camera_brenner" in replayed
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    result = _run("show", "deadbeef00", "--catalog", str(tmp_path / "c"), check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("autofocus show: No run 'deadbeef00'")
+    result = _run("train", "--catalog", str(tmp_path / "c"), check=False)
+    assert "No training runs of set 'default'" in result.stderr
+
+
+def test_every_command_the_readme_shows_exists():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```\n(.*?)```", readme, flags=re.S)
+    shown = [line.strip() for block in blocks for line in block.splitlines()]
+    shown += re.findall(r"`(autofocus [a-z]+)[^`]*`", readme)
+    subcommands = set(build_parser()._subparsers._group_actions[0].choices)
+    makefile = (ROOT / "Makefile").read_text()
+    checked = 0
+    for line in shown:
+        if line.startswith("autofocus "):
+            assert line.split()[1] in subcommands, line
+            checked += 1
+        elif line.startswith("make "):
+            assert re.search(rf"^{line.split()[1]}:", makefile, flags=re.M), line
+            checked += 1
+    assert checked >= 10
+    quick_start = re.search(r"## Quick start\n\n```\n(.*?)```", readme, flags=re.S).group(1)
+    assert quick_start.split("\n")[:2] == ["make demo", "make test"]

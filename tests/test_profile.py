@@ -1,0 +1,73 @@
+"""The IPython profile, loaded by a real IPython and by the queueserver's loader."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from autofocus_plans import open_catalog
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "profiles" / "profile_autofocus"
+
+
+def _env(tmp_path):
+    env = dict(os.environ)
+    env.update(
+        AUTOFOCUS_CATALOG=str(tmp_path / "catalog"),
+        AUTOFOCUS_TIME_SCALE="0",
+        AUTOFOCUS_SAMPLE="beads",
+        IPYTHONDIR=str(tmp_path / "ipython"),
+    )
+    env.pop("DISPLAY", None)
+    return env
+
+
+def test_ipython_profile_runs_a_sweep_and_reads_it_back(tmp_path):
+    ipython = Path(sys.executable).with_name("ipython")
+    command = (
+        "r = RE(brenner_sweep(camera, z, led, -20, 20, 21, md={'sample': 'beads:0'})); "
+        "uid = r.plan_result.run_uid; "
+        "print('UID', uid); "
+        "print('ERROR', abs(r.plan_result.best_z - microscope.true_focus()))"
+    )
+    out = subprocess.run(
+        [str(ipython), f"--profile-dir={PROFILE}", "--no-banner", "-c", command],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    uid = next(line.split()[1] for line in out.splitlines() if line.startswith("UID"))
+    error = float(next(line.split()[1] for line in out.splitlines() if line.startswith("ERROR")))
+    assert error < 0.5
+    assert "bluesky-autofocus: RE, camera, led, z, catalog ready" in out
+    run = open_catalog(tmp_path / "catalog")[uid]
+    assert run.start["plan_name"] == "brenner_sweep" and run.start["sample"] == "beads:0"
+    assert run["primary"]["camera_image"].shape == (21, 256, 256)
+
+
+def test_queueserver_loader_finds_plans_and_devices(tmp_path):
+    lister = Path(sys.executable).with_name("qserver-list-plans-devices")
+    subprocess.run(
+        [str(lister), "--startup-dir", str(PROFILE / "startup"), "--file-dir", str(tmp_path)],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    listing = yaml.safe_load((tmp_path / "existing_plans_and_devices.yaml").read_text())
+    plans, devices = listing["existing_plans"], listing["existing_devices"]
+    for plan in ("brenner_sweep", "fast_focus", "collect_training_set", "cnn_focus", "track_focus"):
+        assert plan in plans, plan
+    for device in ("camera", "led", "z"):
+        assert device in devices, device
+    params = {p["name"]: p for p in plans["brenner_sweep"]["parameters"]}
+    assert params["num"]["default"] == "21"
+    assert "Number of exposures" in params["num"]["description"]
