@@ -20,6 +20,7 @@ from bluesky.protocols import Movable, Readable
 
 from .peak import PeakFit, curve_contrast, fit_peak, log_parabola_vertex
 from .results import FocusResult, NoFocusFound, emit_focus_result, optics_metadata
+from .stubs import approach, stage_field, stage_limits
 
 __all__ = ["FOCUS_METHODS", "brenner_sweep", "fast_focus"]
 
@@ -42,25 +43,13 @@ def _measure_key(camera, metric: str) -> str:
     return key
 
 
-def _stage_limits(stage) -> tuple[float, float]:
-    low, high = getattr(stage, "limits", (-math.inf, math.inf))
-    if low == high == 0:  # EPICS convention: no soft limits set
-        return -math.inf, math.inf
-    return float(low), float(high)
-
-
-def _stage_field(stage) -> str:
-    fields = getattr(stage, "hints", {}).get("fields", [])
-    return fields[0] if fields else stage.name
-
-
 class _FocusCurve:
     """Focus-measure samples taken so far, and the moves that take them."""
 
     def __init__(self, camera, stage, key: str, approach_um: float) -> None:
         self.camera, self.stage, self.key = camera, stage, key
         self.approach_um = approach_um
-        self.low, self.high = _stage_limits(stage)
+        self.low, self.high = stage_limits(stage)
         self.z: list[float] = []
         self.values: list[float] = []
 
@@ -73,16 +62,8 @@ class _FocusCurve:
         order = np.argsort(z)
         return z[order], np.asarray(self.values)[order]
 
-    def position(self):
-        value = yield from bps.rd(self.stage)
-        return float(value)
-
     def approach(self, target: float):
-        """Move to ``target``, arriving from below."""
-        current = yield from self.position()
-        if target < current and self.approach_um > 0:
-            yield from bps.mv(self.stage, max(target - self.approach_um, self.low))
-        yield from bps.mv(self.stage, target)
+        yield from approach(self.stage, target, self.approach_um)
 
     def measure(self, z: float):
         yield from bps.mv(self.stage, z)
@@ -160,7 +141,7 @@ def _focus_plan(
     key = _measure_key(camera, metric)
     origin = float(stage.position)
     low, high = (origin + range_um[0], origin + range_um[1]) if relative else range_um
-    stage_low, stage_high = _stage_limits(stage)
+    stage_low, stage_high = stage_limits(stage)
     if not stage_low <= low < high <= stage_high:
         raise ValueError(
             f"Search range {low:.2f} to {high:.2f} µm does not fit the stage's soft limits "
@@ -178,8 +159,8 @@ def _focus_plan(
         "start_z": origin,
         "optics": optics_metadata(camera, led),
         "detectors": [camera.name],
-        "motors": [_stage_field(stage)],
-        "hints": {"dimensions": [([_stage_field(stage)], "primary")]},
+        "motors": [stage_field(stage)],
+        "hints": {"dimensions": [([stage_field(stage)], "primary")]},
         "purpose": "autofocus",
     }
     _md.update(md or {})

@@ -21,8 +21,9 @@ from bluesky.protocols import Movable, Readable
 
 from devices.optics import Objective, depth_of_field_um
 
-from .brenner import _stage_field, _stage_limits, brenner_sweep, fast_focus
+from .brenner import brenner_sweep, fast_focus
 from .results import FocusResult, emit_focus_result, optics_metadata
+from .stubs import approach, stage_field, stage_limits
 
 __all__ = [
     "check_model_optics",
@@ -79,14 +80,6 @@ def _set_and_restore(camera, led, pattern: str, exposure_s: float | None):
         yield from bps.mv(camera.exposure_time, old_exposure)
 
     return apply, restore
-
-
-def _approach(stage, target: float, approach_um: float):
-    current = float(stage.position)
-    low, _ = _stage_limits(stage)
-    if target < current and approach_um > 0:
-        yield from bps.mv(stage, max(target - approach_um, low))
-    yield from bps.mv(stage, target)
 
 
 def collect_training_set(
@@ -170,7 +163,7 @@ def collect_training_set(
             md={"training_set": training_set, "fov_position": field_position, **(md or {})},
         )
         z_focus = sweep.best_z
-        low, high = _stage_limits(stage)
+        low, high = stage_limits(stage)
         offsets = np.sort(rng.uniform(-half_range, half_range, shots_per_field))
         targets = [z for z in z_focus + offsets if low <= z <= high]
         apply, restore = _set_and_restore(camera, led, off_axis_pattern, off_axis_exposure_s)
@@ -187,8 +180,8 @@ def collect_training_set(
             "defocus_range_um": [-half_range, half_range],
             "optics": optics_metadata(camera, led) | {"led_pattern": off_axis_pattern},
             "detectors": [camera.name],
-            "motors": [_stage_field(stage)],
-            "hints": {"dimensions": [([_stage_field(stage)], "primary")]},
+            "motors": [stage_field(stage)],
+            "hints": {"dimensions": [([stage_field(stage)], "primary")]},
         }
         _md.update(md or {})
 
@@ -196,12 +189,12 @@ def collect_training_set(
         @bpp.run_decorator(md=_md)
         def shots(targets=targets, apply=apply, z_focus=z_focus):
             yield from apply()
-            yield from _approach(stage, targets[0], 5.0)
+            yield from approach(stage, targets[0], 5.0)
             for z in targets:
                 yield from bps.mv(stage, z)
                 yield from bps.trigger_and_read([camera, stage])
             # back to this field's focus: the next field's sweep is centred on it
-            yield from _approach(stage, z_focus, 5.0)
+            yield from approach(stage, z_focus, 5.0)
 
         uid = yield from bpp.finalize_wrapper(shots(), restore())
         uids.append(uid)
@@ -318,7 +311,7 @@ def cnn_focus(
         "start_z": origin,
         "optics": optics_metadata(camera, led),
         "detectors": [camera.name],
-        "motors": [_stage_field(stage)],
+        "motors": [stage_field(stage)],
         "plan_args": {"max_shots": max_shots, "tolerance_um": tolerance_um, "fallback": fallback},
     }
     _md.update(md or {})
@@ -348,11 +341,11 @@ def cnn_focus(
                 break
             if shot == 0 or abs(dz) > tolerance_um:
                 z = z - dz
-                low, high = _stage_limits(stage)
+                low, high = stage_limits(stage)
                 if not low <= z <= high:
                     state.update(fell_back=True, reason=f"target {z:.2f} µm outside limits")
                     break
-                yield from _approach(stage, z, approach_um)
+                yield from approach(stage, z, approach_um)
         result = FocusResult(
             best_z=float(stage.position),
             method="cnn_focus",
@@ -368,7 +361,7 @@ def cnn_focus(
         state["result"] = result
 
     def back_to_origin(exc):
-        yield from _approach(stage, origin, approach_um)
+        yield from approach(stage, origin, approach_um)
 
     uid = yield from bpp.contingency_wrapper(
         shots(), except_plan=back_to_origin, final_plan=restore
@@ -378,9 +371,9 @@ def cnn_focus(
     if not result.fell_back:
         return result
     if fallback == "none":
-        yield from _approach(stage, origin, approach_um)
+        yield from approach(stage, origin, approach_um)
         raise RuntimeError(f"cnn_focus could not trust the model: {state['reason']}.")
-    yield from _approach(stage, origin, approach_um)
+    yield from approach(stage, origin, approach_um)
     search = fast_focus if fallback == "fast_focus" else brenner_sweep
     rescue = yield from search(
         camera, stage, led, md={"fallback_for": result.run_uid, **(md or {})}
@@ -451,7 +444,7 @@ def track_focus(
         "interval_s": interval_s,
         "optics": optics_metadata(camera, led),
         "detectors": [camera.name],
-        "motors": [_stage_field(stage)],
+        "motors": [stage_field(stage)],
         "hints": {"dimensions": [(["time"], "primary")]},
     }
     _md.update(md or {})

@@ -1,0 +1,31 @@
+"""Plan stubs and stage helpers shared by the autofocus plans."""
+
+from __future__ import annotations
+
+import math
+
+import bluesky.plan_stubs as bps
+
+__all__ = ["approach", "stage_field", "stage_limits"]
+
+
+def stage_limits(stage) -> tuple[float, float]:
+    """Soft limits of a Z stage; infinite where it has none."""
+    low, high = getattr(stage, "limits", (-math.inf, math.inf))
+    if low == high == 0:  # EPICS convention: no soft limits set
+        return -math.inf, math.inf
+    return float(low), float(high)
+
+
+def stage_field(stage) -> str:
+    """The reading key of the stage's position (what BestEffortCallback plots against)."""
+    fields = getattr(stage, "hints", {}).get("fields", [])
+    return fields[0] if fields else stage.name
+
+
+def approach(stage, target: float, overshoot_um: float):
+    """Move to ``target``, arriving from below (overshoot first when coming from above)."""
+    current = yield from bps.rd(stage)
+    if target < float(current) and overshoot_um > 0:
+        yield from bps.mv(stage, max(target - overshoot_um, stage_limits(stage)[0]))
+    yield from bps.mv(stage, target)
