@@ -76,3 +76,49 @@ def test_every_command_the_readme_shows_exists():
     assert checked >= 10
     quick_start = re.search(r"## Quick start\n\n```\n(.*?)```", readme, flags=re.S).group(1)
     assert quick_start.split("\n")[:2] == ["make demo", "make test"]
+
+
+def test_collect_train_evaluate_commands(tmp_path):
+    catalog = str(tmp_path / "catalog")
+    common = ["--catalog", catalog, "--sample", "beads"]
+    _run("collect", *common, "--fields", "3", "--shots", "8", cwd=tmp_path)
+    _run(
+        "collect",
+        *common,
+        "--fields",
+        "1",
+        "--first-field",
+        "100",
+        "--shots",
+        "8",
+        "--training-set",
+        "holdout",
+        cwd=tmp_path,
+    )
+    model = tmp_path / "mlp.safetensors"
+    trained = _run(
+        "train",
+        "--catalog",
+        catalog,
+        "--architecture",
+        "FourierMLP",
+        "--epochs",
+        "3",
+        "--crops",
+        "1",
+        "--out",
+        str(model),
+        cwd=tmp_path,
+    ).stdout
+    assert "validation on unseen fields" in trained and model.exists()
+    report = _run(
+        "evaluate",
+        str(model),
+        "--catalog",
+        catalog,
+        "--output",
+        str(tmp_path / "eval"),
+        cwd=tmp_path,
+    ).stdout
+    assert "| MAE |" in report and "8 frames from 1 held-out field" in report
+    assert (tmp_path / "eval" / "predicted_vs_true.png").stat().st_size > 1000
