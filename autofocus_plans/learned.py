@@ -229,6 +229,17 @@ def _resolve_model(model):
     return model
 
 
+def _model_identity(model) -> dict[str, Any]:
+    """What the start document records about the model a plan uses."""
+    return {
+        "model_name": model.name,
+        "model_architecture": model.architecture,
+        "model_sha256": model.file_sha256 or "",
+        "model_path": str(model.path or ""),
+        "model_training_run_uids": model.metadata.get("training_run_uids", []),
+    }
+
+
 def _predict(model, camera) -> float:
     frame = camera.last_frame
     if frame is None:
@@ -302,11 +313,7 @@ def cnn_focus(
         "plan_name": "cnn_focus",
         "method": "cnn_focus",
         "purpose": "autofocus",
-        "model_name": model.name,
-        "model_architecture": model.architecture,
-        "model_sha256": model.file_sha256 or "",
-        "model_path": str(model.path or ""),
-        "model_training_run_uids": model.metadata.get("training_run_uids", []),
+        **_model_identity(model),
         "illumination": off_axis_pattern,
         "start_z": origin,
         "optics": optics_metadata(camera, led),
@@ -436,9 +443,7 @@ def track_focus(
         "plan_name": "track_focus",
         "method": "track_focus",
         "purpose": "time-lapse",
-        "model_name": model.name,
-        "model_sha256": model.file_sha256 or "",
-        "model_training_run_uids": model.metadata.get("training_run_uids", []),
+        **_model_identity(model),
         "illumination": off_axis_pattern,
         "num_points": num,
         "interval_s": interval_s,
