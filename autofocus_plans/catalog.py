@@ -91,7 +91,7 @@ def _open_embedded(root: Path):
     app = build_app_from_config(catalog_config(root))
     context = Context.from_app(app)
     client = from_context(context)
-    _FRAMES[id(client)] = root / "frames"
+    client.autofocus_frames_dir = root / "frames"
     return client
 
 
@@ -123,13 +123,8 @@ def _open_server(url: str, api_key: str | None):
             ) from None
         raise CatalogError(f"The catalogue server at {url} answered {err}.") from None
     frames = os.environ.get(FRAMES_DIR_ENV)
-    if frames:
-        _FRAMES[id(client)] = Path(frames)
+    client.autofocus_frames_dir = Path(frames) if frames else None
     return client
-
-
-# where each opened catalogue wants camera files written (keyed by client identity)
-_FRAMES: dict[int, Path] = {}
 
 
 def open_catalog(location: str | Path | None = None, *, api_key: str | None = None):
@@ -159,19 +154,21 @@ def open_catalog(location: str | Path | None = None, *, api_key: str | None = No
 
 def frames_dir_for(catalog) -> Path:
     """The folder where cameras must write HDF5 files so that ``catalog`` can serve them."""
-    try:
-        return _FRAMES[id(catalog)]
-    except KeyError:
+    folder = getattr(catalog, "autofocus_frames_dir", None)
+    if folder is None:
         raise CatalogError(
             f"No frames folder is known for this catalogue; set {FRAMES_DIR_ENV} to a folder "
             "listed in the server's readable_storage before opening it."
-        ) from None
+        )
+    return Path(folder)
 
 
 def subscribe_catalog(RE, catalog, cameras: Iterable[Any] = ()) -> int:
     """Stream every document of ``RE`` into ``catalog``; point ``cameras`` at its frames folder.
 
     Returns the RunEngine subscription token (``RE.unsubscribe(token)`` stops it).
+    Should the catalogue stop accepting documents mid-run, the writer keeps
+    them as JSON lines in ``unsaved-documents/`` beside the frames folder.
     """
     from bluesky.callbacks.tiled_writer import TiledWriter
 
@@ -187,4 +184,7 @@ def subscribe_catalog(RE, catalog, cameras: Iterable[Any] = ()) -> int:
             ) from None
         for camera in cameras:
             camera.write_dir = folder
-    return RE.subscribe(TiledWriter(catalog))
+    # if writing to the catalogue fails mid-run, the documents go to JSON-lines files instead
+    frames = getattr(catalog, "autofocus_frames_dir", None)
+    backup = str(Path(frames).parent / "unsaved-documents") if frames else None
+    return RE.subscribe(TiledWriter(catalog, backup_directory=backup))
