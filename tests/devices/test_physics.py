@@ -133,3 +133,30 @@ def test_bad_optics_are_refused_in_one_sentence():
         Objective(magnification=40, na=1.1, immersion_index=1.0)
     with pytest.raises(ValueError, match="odd"):
         LEDArray(size=8)
+
+
+def test_tilt_makes_one_side_of_the_field_sharper(tmp_path):
+    from models.focus_measures import brenner
+
+    mic = SimMicroscope("beads", seed=4, tilt_x=0.1, frames_dir=tmp_path, time_scale=0)
+    sources = mic.led.source_points()
+    # 0.1 µm of focus per µm across an 83 µm field: the two halves are ~4 µm apart in focus
+    for dz, sharper in ((4.0, "right"), (-4.0, "left")):
+        image = mic.model.intensity(mic.true_focus() + dz, sources)
+        left, right = brenner(image[:, :100]), brenner(image[:, -100:])
+        assert (right > 1.5 * left) if sharper == "right" else (left > 1.5 * right)
+
+
+def test_focus_drift_and_random_walk_follow_the_clock():
+    from devices import FocusState
+
+    now = [0.0]
+    steady = FocusState(10.0, drift_um_per_s=2.0, clock=lambda: now[0])
+    walkers = [
+        FocusState(0.0, random_walk_um_per_sqrt_s=1.0, seed=s, clock=lambda: now[0])
+        for s in range(400)
+    ]
+    now[0] = 4.0
+    assert steady.at_center() == pytest.approx(18.0)
+    spread = np.std([w.at_center() for w in walkers])
+    assert spread == pytest.approx(2.0, rel=0.15)  # sigma * sqrt(t)
