@@ -18,6 +18,8 @@ import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.protocols import Movable, Readable
 
+from models.focus_measures import FOCUS_MEASURES
+
 from .peak import PeakFit, curve_contrast, fit_peak, log_parabola_vertex
 from .results import FocusResult, NoFocusFound, emit_focus_result, optics_metadata
 from .stubs import approach, stage_field, stage_limits
@@ -31,14 +33,12 @@ _GOLDEN = (math.sqrt(5) - 1) / 2
 def _measure_key(camera, metric: str) -> str:
     key = f"{camera.name}_{metric}"
     if key not in camera.describe():
-        available = sorted(
-            k.removeprefix(f"{camera.name}_")
-            for k, v in camera.describe().items()
-            if v.get("dtype") == "number" and k not in (f"{camera.name}_mean",)
-        )
+        reported = sorted(m for m in FOCUS_MEASURES if f"{camera.name}_{m}" in camera.describe())
+        if metric not in FOCUS_MEASURES:
+            raise ValueError(f"Unknown focus measure {metric!r}; the camera reports {reported}.")
         raise ValueError(
             f"Camera {camera.name!r} does not report the focus measure {metric!r}; "
-            f"choose one of {available} or create the camera with measures=({metric!r},)."
+            f"choose one of {reported} or create the camera with measures=({metric!r},)."
         )
     return key
 
@@ -66,7 +66,7 @@ class _FocusCurve:
         yield from approach(self.stage, target, self.approach_um)
 
     def measure(self, z: float):
-        yield from bps.mv(self.stage, z)
+        yield from self.approach(z)  # from below, whatever the search order
         reading = yield from bps.trigger_and_read([self.camera, self.stage])
         value = float(reading[self.key]["value"]) if reading else math.nan
         self.z.append(z)
@@ -390,7 +390,7 @@ def fast_focus(
     coarse_points : int
         Exposures in the bracketing scan (at least 3).
     max_exposures : int
-        Exposure budget for the refinement (extensions may add to it).
+        Total exposures, coarse scan included (each range extension adds 2).
     relative, metric, illumination, move_to_best, max_extensions, min_contrast, approach_um, md
         As for :func:`brenner_sweep`.
 

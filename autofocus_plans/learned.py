@@ -206,8 +206,13 @@ def check_model_optics(model, camera, led, pattern: str) -> None:
     trained = model.metadata.get("optics", {})
     current = optics_metadata(camera, led) | {"led_pattern": pattern}
     for key, value in trained.items():
-        if key not in current or value is None:
+        if value is None:  # not recorded at training time: nothing to compare
             continue
+        if key not in current:
+            raise ValueError(
+                f"Model {model.name!r} was trained for {key} = {value!r} but the devices do "
+                "not report it; use devices of the same kind or retrain."
+            )
         now = current[key]
         same = (
             math.isclose(float(value), float(now), rel_tol=1e-3)

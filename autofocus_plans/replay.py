@@ -65,7 +65,8 @@ def find_runs(
     if purpose:
         results = results.search(Key("purpose") == purpose)
     if since is not None or until is not None:
-        results = results.search(TimeRange(since=since, until=until, timezone="UTC"))
+        # local time, as `autofocus runs` prints it
+        results = results.search(TimeRange(since=since, until=until))
     return results
 
 

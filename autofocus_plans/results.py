@@ -85,11 +85,17 @@ def emit_focus_result(result: FocusResult):
     yield from bps.save()
 
 
-def optics_metadata(*devices) -> dict[str, Any]:
-    """Configuration readings of the devices, as plain values, for the start document."""
+def optics_metadata(camera, led) -> dict[str, Any]:
+    """Configuration of the camera and the LED illumination, as plain values.
+
+    Keys are ``camera_<signal>`` and ``led_<signal>`` whatever the devices are
+    called, so a model trained on one set of devices can be checked against
+    another (e.g. ``led_objective_na``, ``camera_pixel_size_um``).
+    """
     optics: dict[str, Any] = {}
-    for device in devices:
+    for role, device in (("camera", camera), ("led", led)):
         for key, reading in device.read_configuration().items():
             value = reading["value"]
-            optics[key] = value.tolist() if hasattr(value, "tolist") else value
+            signal = key.removeprefix(f"{device.name}_")
+            optics[f"{role}_{signal}"] = value.tolist() if hasattr(value, "tolist") else value
     return optics

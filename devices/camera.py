@@ -187,6 +187,9 @@ class SimCamera(Device):
 
     def stage(self):
         h, w = self.frame_shape()
+        # a run that failed before its first reading leaves documents and a file behind
+        self._asset_docs.clear()
+        self._close_file()
         day = time.strftime("%Y/%m/%d")
         folder = self.write_dir / day
         try:

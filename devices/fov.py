@@ -30,14 +30,18 @@ class SimFieldOfView(SynAxis):
         **kwargs,
     ) -> None:
         self._model = model
-        self._base_focus = model.focus.focus_um
         self.focus_spread_um = float(focus_spread_um)
-        sample = model.sample
-        if not isinstance(sample, ProceduralSample):
-            self._family, self._seed = None, 0
-        else:
-            self._family, self._seed = sample.family, sample.seed
+        self.follow_sample()
         super().__init__(name=name, value=0, egu="field", precision=0, **kwargs)
+
+    def follow_sample(self) -> None:
+        """Take the sample now under the lens as field 0 (after ``SimMicroscope.set_sample``)."""
+        sample = self._model.sample
+        self._base_focus = self._model.focus.focus_um
+        if isinstance(sample, ProceduralSample):
+            self._family, self._seed = sample.family, sample.seed
+        else:
+            self._family, self._seed = None, 0
 
     def focus_offset_um(self, k: int) -> float:
         if k == 0:

@@ -137,6 +137,7 @@ class SimMicroscope:
         if isinstance(sample, str):
             sample = ProceduralSample(sample, seed)
         self.model.set_sample(sample)
+        self.fov.follow_sample()
 
     def optical_configuration(self) -> dict:
         """The optics as plain JSON (recorded in start documents and model checkpoints)."""

@@ -145,7 +145,8 @@ class LEDArray:
             for ox, oy in offsets:
                 x, y = x0 + ox, y0 + oy
                 r = math.sqrt(x * x + y * y + self.height_mm**2)
-                points.append(SourcePoint(x / r / lam, y / r / lam, brightness / len(offsets)))
+                # light from an LED at +x reaches the sample travelling towards -x
+                points.append(SourcePoint(-x / r / lam, -y / r / lam, brightness / len(offsets)))
         return points
 
 

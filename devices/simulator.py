@@ -154,7 +154,12 @@ class OpticalModel:
         if isinstance(self.sample, ZStackSample):
             z_rel = z_um - (self.true_focus() - self.sample.focus_um)
             total = sum(s.weight for s in sources)
-            return (self.sample.intensity(z_rel, shape) * total).astype(np.float32)
+            full = self.sample.intensity(z_rel, self.sensor.shape)
+            if binning > 1:
+                h, w = shape
+                full = full[: h * binning, : w * binning]
+                full = full.reshape(h, binning, w, binning).mean(axis=(1, 3))
+            return (full * total).astype(np.float32)
         dx = self.sample_pixel_um(binning)
         spectrum = self._spectrum(shape, dx)
         defocus = z_um - self.true_focus()
@@ -193,7 +198,7 @@ class OpticalModel:
         b = settings.binning
         clean = self.intensity(self.stage_position(), self.illumination(), b)
         x, y, w, h = settings.roi
-        clean = clean[y // b : (y + h) // b, x // b : (x + w) // b]
+        clean = clean[y // b : y // b + h // b, x // b : x // b + w // b]
         photons = clean * (self.leds.photon_rate * settings.exposure_s * b * b)
         electrons = self._rng.poisson(photons * sensor.quantum_efficiency).astype(np.float64)
         electrons = np.minimum(electrons, sensor.full_well_e * b * b)

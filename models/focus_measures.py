@@ -65,7 +65,7 @@ def brenner(image: ArrayLike) -> float:
 
 
 def normalized_variance(image: ArrayLike) -> float:
-    """Variance divided by the mean intensity (insensitive to illumination level)."""
+    """Variance divided by the mean intensity (Groen et al.); grows linearly with brightness."""
     g = _as_image(image)
     mean = g.mean()
     if mean == 0:

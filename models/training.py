@@ -187,7 +187,10 @@ def train(
             if architecture == "DefocusCNN":
                 # flipping rows is a symmetry of illumination along x; flipping columns is not
                 flip = torch.rand(len(idx), generator=generator) < 0.5
-                xb = torch.where(flip[:, None, None, None], xb.flip(-2), xb)
+                flipped = xb.flip(-2)
+                # the centred FFT's zero row is at crop/2: after a flip it must be rolled back
+                flipped[:, 1] = flipped[:, 1].roll(1, dims=-2)
+                xb = torch.where(flip[:, None, None, None], flipped, xb)
             optimizer.zero_grad()
             loss = loss_fn(net(xb), y_train[idx])
             loss.backward()

@@ -150,3 +150,35 @@ def test_reanalysis_from_catalogue_with_another_measure(catalog_RE, catalog, mic
     for metric in ("tenengrad", "normalized_variance", "brenner"):
         fit = reanalyze(run, metric=metric)
         assert abs(fit.center - result.best_z) <= 0.1 * mic.depth_of_field_um, metric
+
+
+def test_fast_focus_refines_from_below_despite_backlash(RE, tmp_path):
+    for method in ("coarse_to_fine", "golden"):
+        mic = SimMicroscope(
+            "beads", seed=1, focus_um=3.0, backlash_um=4.0, frames_dir=tmp_path, time_scale=0
+        )
+        result = RE(fast_focus(mic.camera, mic.z, mic.led, -20, 20, method=method)).plan_result
+        assert abs(mic.z.actual_position - mic.true_focus()) <= 0.5, method
+        assert abs(result.best_z - mic.true_focus()) <= 0.5, method
+
+
+def test_failed_run_leaves_no_stale_documents_for_the_next(RE, mic):
+    with pytest.raises(ValueError, match="Unknown LED pattern 'bogus'"):
+        RE(brenner_sweep(mic.camera, mic.z, mic.led, illumination="bogus"))
+    docs = []
+    RE(brenner_sweep(mic.camera, mic.z, mic.led, -15, 15, 11), lambda n, d: docs.append(n))
+    assert docs.count("stream_resource") == 1
+
+
+def test_renamed_devices_record_optics_by_role(RE, tmp_path):
+    from autofocus_plans.results import optics_metadata
+
+    mic = SimMicroscope(name_prefix="scope2_", frames_dir=tmp_path, time_scale=0)
+    optics = optics_metadata(mic.camera, mic.led)
+    assert optics["led_objective_na"] == 0.4
+    assert optics["camera_pixel_size_um"] == pytest.approx(0.325)
+    docs = []
+    RE(brenner_sweep(mic.camera, mic.z, mic.led, -15, 15, 11), lambda n, d: docs.append((n, d)))
+    assert docs[0][1]["optics"]["led_wavelength_um"] == pytest.approx(0.53)
+    with pytest.raises(ValueError, match="Unknown focus measure 'brener'"):
+        RE(brenner_sweep(mic.camera, mic.z, mic.led, metric="brener"))

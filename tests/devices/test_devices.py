@@ -80,3 +80,18 @@ def test_roi_and_binning_shape_frames(tmp_path):
     mic.camera.roi_x.put(200)
     with pytest.raises(ValueError, match="does not fit the 256x256 sensor"):
         mic.camera.snap()
+
+
+def test_roi_offset_not_a_multiple_of_binning(tmp_path):
+    mic = SimMicroscope(frames_dir=tmp_path, time_scale=0)
+    mic.camera.binning.put(2)
+    mic.camera.roi_y.put(1)
+    mic.camera.roi_height.put(31)
+    assert mic.camera.snap().shape == (15, 128)
+
+
+def test_fov_follows_a_new_sample(tmp_path):
+    mic = SimMicroscope("cells", frames_dir=tmp_path, time_scale=0)
+    mic.set_sample("beads", seed=5)
+    mic.fov.set(1).wait()
+    assert mic.model.sample.label.startswith("beads:")

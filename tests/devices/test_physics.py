@@ -79,6 +79,8 @@ def test_off_axis_defocus_shifts_image_opposite_ways(tmp_path):
     down = _shift_x(reference, _noise_free(mic, focus - dz, sources))
     expected_px = dz * math.tan(theta) / dx
     assert np.sign(up) == -np.sign(down) != 0
+    # the LED sits at +x, so its light travels towards -x: farther along it, the image moves -x
+    assert mic.led.lit_leds[0][0] > 0 and up < 0
     assert abs(up) == pytest.approx(expected_px, rel=0.2)
     assert abs(down) == pytest.approx(expected_px, rel=0.2)
 
