@@ -315,18 +315,21 @@ def _golden_refine(curve: _FocusCurve, a: float, b: float, tolerance_um: float, 
     return center
 
 
+def _vertex_estimate(curve: _FocusCurve) -> float:
+    """Log-parabola vertex through the best sample and its neighbours, else the best sample."""
+    z, values = curve.sorted()
+    k = int(np.argmax(values))
+    vertex = (
+        log_parabola_vertex(z[k - 1 : k + 2], values[k - 1 : k + 2]) if 0 < k < len(z) - 1 else None
+    )
+    return vertex if vertex is not None and z[0] <= vertex <= z[-1] else float(z[k])
+
+
 def _parabola_refine(curve: _FocusCurve, step: float, tolerance_um: float, budget: int):
-    """Coarse-to-fine: log-parabola vertex, then 3 points at a third of the step around it."""
+    """Coarse-to-fine: log-parabola vertex, then 2 points at a third of the step around it."""
     estimate = None
     while curve.exposures + 2 <= budget:
-        z, values = curve.sorted()
-        k = int(np.argmax(values))
-        vertex = (
-            log_parabola_vertex(z[k - 1 : k + 2], values[k - 1 : k + 2])
-            if 0 < k < len(z) - 1
-            else None
-        )
-        new_estimate = vertex if vertex is not None and z[0] <= vertex <= z[-1] else float(z[k])
+        new_estimate = _vertex_estimate(curve)
         if (
             estimate is not None
             and abs(new_estimate - estimate) <= tolerance_um
@@ -337,12 +340,7 @@ def _parabola_refine(curve: _FocusCurve, step: float, tolerance_um: float, budge
         step = max(step / 3, tolerance_um)
         yield from curve.measure(estimate - step)
         yield from curve.measure(estimate + step)
-    z, values = curve.sorted()
-    k = int(np.argmax(values))
-    vertex = (
-        log_parabola_vertex(z[k - 1 : k + 2], values[k - 1 : k + 2]) if 0 < k < len(z) - 1 else None
-    )
-    return vertex if vertex is not None and z[0] <= vertex <= z[-1] else float(z[k])
+    return _vertex_estimate(curve)
 
 
 def fast_focus(

@@ -22,7 +22,7 @@ from bluesky.protocols import Movable, Readable
 from devices.optics import Objective, depth_of_field_um
 
 from .brenner import brenner_sweep, fast_focus
-from .results import FocusResult, emit_focus_result, optics_metadata
+from .results import FocusResult, NumbersReading, emit_focus_result, optics_metadata
 from .stubs import approach, stage_field, stage_limits
 
 __all__ = [
@@ -44,26 +44,6 @@ def depth_of_field_from_devices(camera, led) -> float:
     )
     # pixel size at the sample = e / M, so magnification 1 with that pixel gives n e / (M NA)
     return depth_of_field_um(objective, config["led_wavelength_um"], config["camera_pixel_size_um"])
-
-
-class _Reading:
-    """A ``Readable`` of plain numbers for a plan-made stream; one object per stream and run."""
-
-    def __init__(self, name: str, values: dict[str, float]) -> None:
-        self.name, self.parent = name, None
-        self.update(values)
-
-    def update(self, values: dict[str, float]) -> _Reading:
-        self._values, self._time = dict(values), time.time()
-        return self
-
-    def describe(self):
-        return {
-            k: {"source": f"autofocus:{k}", "dtype": "number", "shape": []} for k in self._values
-        }
-
-    def read(self):
-        return {k: {"value": float(v), "timestamp": self._time} for k, v in self._values.items()}
 
 
 def _set_and_restore(camera, led, pattern: str, exposure_s: float | None):
@@ -335,7 +315,7 @@ def cnn_focus(
         yield from apply()
         exposures = 0
         predictions = []
-        reading = _Reading("prediction", {"predicted_defocus_um": 0.0, "shot": 0})
+        reading = NumbersReading("prediction", {"predicted_defocus_um": 0.0, "shot": 0.0})
         z = origin
         for shot in range(max_shots):
             yield from bps.trigger_and_read([camera, stage])
@@ -343,7 +323,7 @@ def cnn_focus(
             dz = _predict(model, camera)
             predictions.append(dz)
             yield from bps.create("prediction")
-            yield from bps.read(reading.update({"predicted_defocus_um": dz, "shot": shot}))
+            yield from bps.read(reading.update({"predicted_defocus_um": dz, "shot": float(shot)}))
             yield from bps.save()
             if not low_range <= dz <= high_range:
                 state.update(fell_back=True, reason=f"prediction {dz:.2f} µm outside trained range")
@@ -464,7 +444,7 @@ def track_focus(
     def lapse():
         yield from apply()
         t0 = time.monotonic()
-        reading = _Reading("tracking", {})
+        reading = NumbersReading("tracking", {})
         for i in range(num):
             deadline = t0 + i * interval_s
             wait = deadline - time.monotonic()

@@ -9,7 +9,13 @@ from typing import Any
 
 import bluesky.plan_stubs as bps
 
-__all__ = ["FocusResult", "NoFocusFound", "emit_focus_result", "optics_metadata"]
+__all__ = [
+    "FocusResult",
+    "NoFocusFound",
+    "NumbersReading",
+    "emit_focus_result",
+    "optics_metadata",
+]
 
 
 class NoFocusFound(RuntimeError):
@@ -49,14 +55,23 @@ class FocusResult:
         return values
 
 
-class _ResultReader:
-    """A bluesky ``Readable`` holding one FocusResult, read once into ``focus_result``."""
+class NumbersReading:
+    """A bluesky ``Readable`` of plain numbers, for the streams a plan makes itself.
 
-    def __init__(self, result: FocusResult, name: str = "focus_result") -> None:
-        self.name = name
-        self.parent = None
-        self._values = result.numeric_fields()
-        self._time = time.time()
+    Bluesky wants the same object for every event of a stream, so make one per
+    stream and run and :meth:`update` it before each read.
+    """
+
+    def __init__(
+        self, name: str, values: dict[str, float | int], units: dict[str, str] | None = None
+    ):
+        self.name, self.parent = name, None
+        self._units = units or {}
+        self.update(values)
+
+    def update(self, values: dict[str, float | int]) -> NumbersReading:
+        self._values, self._time = dict(values), time.time()
+        return self
 
     def describe(self) -> dict[str, dict]:
         return {
@@ -64,7 +79,7 @@ class _ResultReader:
                 "source": f"autofocus:{key}",
                 "dtype": "integer" if isinstance(value, int) else "number",
                 "shape": [],
-                **({"units": "um"} if key in _MICRONS else {}),
+                **({"units": self._units[key]} if key in self._units else {}),
             }
             for key, value in self._values.items()
         }
@@ -81,7 +96,8 @@ _MICRONS = {"best_z", "fit_center", "fit_sigma", "start_z", "predicted_defocus"}
 def emit_focus_result(result: FocusResult):
     """Write ``result`` as one event in the ``focus_result`` stream of the open run."""
     yield from bps.create("focus_result")
-    yield from bps.read(_ResultReader(result))
+    units = {key: "um" for key in _MICRONS}
+    yield from bps.read(NumbersReading("focus_result", result.numeric_fields(), units))
     yield from bps.save()
 
 

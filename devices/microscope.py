@@ -9,7 +9,7 @@ from pathlib import Path
 from .camera import SimCamera
 from .fov import SimFieldOfView
 from .led import LEDIllumination
-from .optics import CameraSensor, LEDArray, Objective, as_dict
+from .optics import CameraSensor, LEDArray, Objective
 from .samples import ProceduralSample, Sample, ZStackSample
 from .simulator import FocusState, OpticalModel
 from .stage import SimZStage
@@ -138,15 +138,6 @@ class SimMicroscope:
             sample = ProceduralSample(sample, seed)
         self.model.set_sample(sample)
         self.fov.follow_sample()
-
-    def optical_configuration(self) -> dict:
-        """The optics as plain JSON (recorded in start documents and model checkpoints)."""
-        return {
-            "objective": as_dict(self.model.objective),
-            "leds": as_dict(self.model.leds),
-            "sensor": as_dict(self.model.sensor),
-            "depth_of_field_um": self.depth_of_field_um,
-        }
 
     def __repr__(self) -> str:
         o = self.model.objective

@@ -15,8 +15,7 @@ LEDs, and several points across one LED of finite size, add incoherently.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.fft
@@ -258,8 +257,3 @@ def image_intensity(
         weights = np.asarray([s.weight for s in chunk], dtype=np.float32)[:, None, None]
         out += np.sum(weights * (fields.real**2 + fields.imag**2), axis=0)
     return out
-
-
-def as_dict(obj: Any) -> dict[str, Any]:
-    """Plain-JSON view of one of the configuration dataclasses."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(obj).items()}
