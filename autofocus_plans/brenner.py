@@ -142,10 +142,15 @@ def _focus_plan(
     origin = float(stage.position)
     low, high = (origin + range_um[0], origin + range_um[1]) if relative else range_um
     stage_low, stage_high = stage_limits(stage)
+    if not low < high:
+        raise ValueError(
+            f"Search range {low:.2f} to {high:.2f} µm is reversed or empty (start >= stop); "
+            "give the lower end first, e.g. start=-20, stop=20."
+        )
     if not stage_low <= low < high <= stage_high:
         raise ValueError(
             f"Search range {low:.2f} to {high:.2f} µm does not fit the stage's soft limits "
-            f"[{stage_low}, {stage_high}] µm (or start >= stop); narrow or move the range."
+            f"[{stage_low}, {stage_high}] µm; narrow or move the range."
         )
     led_pattern = led.pattern.get()
     curve = _FocusCurve(camera, stage, key, approach_um)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import subprocess
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TILED_CONFIG = REPO_ROOT / "profiles" / "tiled" / "config.yml"
-PROFILE_DIR = REPO_ROOT / "profiles" / "profile_autofocus"
+# The profile and the Tiled config are edited in the checkout's top-level profiles/ folder;
+# autofocus_plans/profiles links to it there and is a copy of it in a wheel, so this one
+# path works from a checkout, an editable install and a regular install alike.
+PROFILES = (Path(__file__).parent / "profiles").resolve()
+TILED_CONFIG = PROFILES / "tiled" / "config.yml"
+PROFILE_DIR = PROFILES / "profile_autofocus"
 
 
 def _catalog_arg(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +86,9 @@ def cmd_show(args) -> int:
     return 0
 
 
+FIT_KEYS = ("amplitude", "center", "sigma", "offset")  # plot_focus_curve's fit order
+
+
 def cmd_replay(args) -> int:
     from bluesky.callbacks import LiveTable
 
@@ -101,11 +106,22 @@ def cmd_replay(args) -> int:
         from .plots import plot_focus_curve
 
         _motor, z, measure, values = focus_curve(run)
-        best = None
+        best = fit = note = None
         if "focus_result" in run:
-            best = float(load_table(run, "focus_result")["best_z"][-1])
+            result = load_table(run, "focus_result")
+            best = float(result["best_z"][-1])
+            fit = tuple(float(result[f"fit_{k}"][-1]) for k in FIT_KEYS)
+        elif "method" in start:  # a focus search that concluded nothing
+            note = "no focus found: " + ((run.stop or {}).get("reason") or "the run has no result")
         path = plot_focus_curve(
-            z, values, args.plot, best_z=best, metric=measure, title=f"run {start['uid'][:8]}"
+            z,
+            values,
+            args.plot,
+            best_z=best,
+            fit=fit,
+            note=note,
+            metric=measure,
+            title=f"run {start['uid'][:8]}",
         )
         print(f"focus curve written to {path}")
     return 0
@@ -113,24 +129,45 @@ def cmd_replay(args) -> int:
 
 # -- serve -------------------------------------------------------------------------------
 def cmd_serve(args) -> int:
+    """Run the Tiled server in this process: a signal that stops it stops everything.
+
+    ``tiled serve config`` as a child outlived a SIGTERM to this process, and its banner
+    showed a second, wrong API key (read from Tiled's global settings, not the config).
+    """
+    from tiled.config import parse_configs
+
     data = Path(args.data).resolve()
     frames = Path(args.frames).resolve() if args.frames else data / "frames"
     for folder in (data, data / "data", frames):
         folder.mkdir(parents=True, exist_ok=True)
     key = args.api_key or os.environ.get("TILED_API_KEY") or secrets.token_hex(16)
-    env = dict(os.environ)
-    env.update(TILED_API_KEY=key, AUTOFOCUS_SERVER_DATA=str(data), AUTOFOCUS_FRAMES_DIR=str(frames))
-    tiled = Path(sys.executable).with_name("tiled")
-    command = [str(tiled), "serve", "config", str(args.config), "--host", args.host]
-    command += ["--port", str(args.port)]
+    # the config file reads these three (see its header)
+    os.environ.update(
+        TILED_API_KEY=key, AUTOFOCUS_SERVER_DATA=str(data), AUTOFOCUS_FRAMES_DIR=str(frames)
+    )
+    config_path = Path(args.config)
+    if not config_path.is_file():
+        raise OSError(f"No Tiled config at {config_path}; pass --config FILE.yml.")
+    config = parse_configs(config_path)
+    import uvicorn
+    from tiled.server.app import build_app_from_config
+
+    app = build_app_from_config(config)
     url = f"http://{args.host}:{args.port}"
     print(
         f"Serving the catalogue in {data} at {url}\n"
         f"  clients:  export TILED_API_KEY={key} AUTOFOCUS_FRAMES_DIR={frames}\n"
-        f"            autofocus runs --catalog {url}"
+        f"            autofocus runs --catalog {url}\n"
+        "  stop with Ctrl-C (or SIGTERM)"
     )
     sys.stdout.flush()
-    return subprocess.call(command, env=env)
+    try:
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal:
+        # SIGTERM ends this process the default way, SIGINT arrives as KeyboardInterrupt
+        uvicorn.run(app, host=args.host, port=args.port)
+    except KeyboardInterrupt:
+        return 130
+    return 0
 
 
 # -- learned focus -------------------------------------------------------------------------
@@ -273,14 +310,41 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def ipython_profile_dir(source: Path, ipython_dir: Path, *, writable: bool) -> Path:
+    """The profile folder to give IPython: ``source``, or a per-user copy of it.
+
+    IPython creates ``log/``, ``pid/`` and ``security/`` in its profile folder and fails
+    when it cannot, as in a read-only (e.g. facility-wide) install; there the startup
+    files and config are copied afresh at each start into ``IPYTHONDIR/profile_autofocus``.
+    """
+    if writable:
+        return source
+    import shutil
+
+    target = ipython_dir / source.name
+    (target / "startup").mkdir(parents=True, exist_ok=True)
+    wanted = {p.name for p in (source / "startup").glob("*.py")}
+    for stale in (target / "startup").glob("*.py"):
+        if stale.name not in wanted:  # a startup file the installed version no longer has
+            stale.unlink()
+    for name in wanted:
+        shutil.copyfile(source / "startup" / name, target / "startup" / name)
+    shutil.copyfile(source / "ipython_config.py", target / "ipython_config.py")
+    return target
+
+
 def cmd_shell(args) -> int:
-    env = dict(os.environ)
+    """IPython in this very process, so Ctrl-C reaches the RunEngine as in plain IPython."""
+    from IPython import start_ipython
+    from IPython.paths import get_ipython_dir
+
     if args.catalog:
-        env["AUTOFOCUS_CATALOG"] = args.catalog
-    ipython = Path(sys.executable).with_name("ipython")
-    return subprocess.call(
-        [str(ipython), f"--profile-dir={PROFILE_DIR}", *args.ipython_args], env=env
+        os.environ["AUTOFOCUS_CATALOG"] = args.catalog
+    profile = ipython_profile_dir(
+        PROFILE_DIR, Path(get_ipython_dir()), writable=os.access(PROFILE_DIR, os.W_OK)
     )
+    start_ipython(argv=[f"--profile-dir={profile}", *args.ipython_args])
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -357,16 +421,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="evaluation", help="folder for the report and PNGs")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("shell", help="open the IPython session (RunEngine, devices, plans)")
+    p = sub.add_parser(
+        "shell",
+        help="open the IPython session (RunEngine, devices, plans)",
+        usage="autofocus shell [-h] [--catalog LOC] [IPYTHON OPTIONS ...]",
+        description="IPython with the autofocus profile; every other option "
+        "(e.g. -c CODE, --simple-prompt, a script) goes to IPython.",
+        allow_abbrev=False,  # so that IPython's options never pass for --catalog
+    )
     _catalog_arg(p)
-    p.add_argument("ipython_args", nargs=argparse.REMAINDER, help="passed on to ipython")
-    p.set_defaults(func=cmd_shell)
+    p.set_defaults(func=cmd_shell, ipython_args=[])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # the shell hands every option it does not know to IPython, in the order given
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "shell":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.ipython_args = unknown
     try:
         return args.func(args)
     except (KeyError, ValueError, OSError, RuntimeError) as err:

@@ -35,18 +35,45 @@ def plot_focus_curve(
     *,
     best_z: float | None = None,
     true_focus: float | None = None,
+    fit: tuple[float, float, float, float] | None = None,
+    note: str | None = None,
     metric: str = "brenner",
     title: str = "Focus curve",
 ) -> Path:
-    """Focus measure against Z, with the fitted best focus (and the truth, in simulation)."""
+    """Focus measure against Z, with the fitted best focus (and the truth, in simulation).
+
+    ``fit`` is the Gaussian peak fit ``(amplitude, center, sigma, offset)`` of a
+    :class:`~autofocus_plans.PeakFit` (drawn when all four are finite); ``note``
+    is written across the plot, e.g. why no focus was found.
+    """
     plt, fig = _figure(figsize=(6, 4))
     ax = fig.add_subplot()
+    z, values = np.asarray(z, dtype=float), np.asarray(values, dtype=float)
     order = np.argsort(z)
-    ax.plot(np.asarray(z)[order], np.asarray(values)[order], "o-", ms=4, label=metric)
+    ax.plot(z[order], values[order], "o-", ms=4, label=metric)
+    if fit is not None and len(z) and all(np.isfinite(fit)):
+        amplitude, center, sigma, offset = fit
+        dense = np.linspace(z.min(), z.max(), 400)
+        curve = amplitude * np.exp(-0.5 * ((dense - center) / sigma) ** 2) + offset
+        ax.plot(dense, curve, "-", color="C2", lw=1, label=f"Gaussian fit (σ = {sigma:.2f} µm)")
     if best_z is not None:
         ax.axvline(best_z, color="C1", label=f"best z = {best_z:.2f} µm")
     if true_focus is not None:
         ax.axvline(true_focus, color="k", ls="--", lw=1, label=f"true focus = {true_focus:.2f} µm")
+    if note:
+        import textwrap
+
+        ax.text(
+            0.5,
+            0.5,
+            textwrap.fill(note, 50),
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=9,
+            color="C3",
+            bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "C3"},
+        )
     ax.set_xlabel("z (µm)")
     ax.set_ylabel(metric)
     ax.set_title(title)

@@ -17,4 +17,8 @@ RE.subscribe(bec)
 if not is_re_worker_active():
     from bluesky.utils import ProgressBarManager
 
+    from autofocus_plans.session import show_short_errors
+
     RE.waiting_hook = ProgressBarManager()
+    # NoFocusFound, CatalogError, bad parameters: one sentence each (%tb shows the rest)
+    show_short_errors()

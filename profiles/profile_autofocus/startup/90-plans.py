@@ -10,13 +10,15 @@ from autofocus_plans import (  # noqa: F401
     find_runs,
     load_frames,
     load_table,
+    open_catalog,
     reanalyze,
     replay,
     track_focus,
 )
 
 if not is_re_worker_active():
+    _ready = "catalog" if catalog is not None else "(no catalogue: runs refused)"  # noqa: F821
     print(
-        f"bluesky-autofocus: RE, camera, led, z, catalog ready ({microscope!r}).\n"  # noqa: F821
-        "  try: RE(brenner_sweep(camera, z, led))"
+        f"bluesky-autofocus: RE, camera, led, z, {_ready} ready ({microscope!r}).\n"  # noqa: F821
+        "  try: RE(brenner_sweep(camera, z, led))  (the range is relative: -20 to +20 µm)"
     )
