@@ -123,7 +123,7 @@ def cmd_replay(args) -> int:
             metric=measure,
             title=f"run {start['uid'][:8]}",
         )
-        print(f"focus curve written to {path}")
+        print(f"focus curve written to {path}" + (f" ({note})" if note else ""))
     return 0
 
 

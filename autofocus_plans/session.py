@@ -10,7 +10,8 @@ queueserver loads the same startup files and gets the catalogue guard too.
 - :func:`show_short_errors` makes IPython print the project's own errors (no
   focus found, catalogue problems, bad plan parameters, model files, moves
   outside the soft limits) as their one sentence, with ``%tb`` for the full
-  traceback, and turns the RunEngine's "Run aborted" log into one line.
+  traceback, a pause (Ctrl-C) as the RunEngine's options without a traceback,
+  and turns the RunEngine's "Run aborted" log into one line.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bluesky.preprocessors import plan_mutator
-from bluesky.utils import Msg
+from bluesky.utils import Msg, RunEngineInterrupted
 
 from .catalog import DEFAULT_LOCATION, CatalogError, open_catalog, subscribe_catalog
 from .results import NoFocusFound
@@ -163,6 +164,10 @@ def show_short_errors(shell=None) -> None:
     def handler(self, etype, value, tb, tb_offset=None):
         if previous_types and isinstance(value, previous_types):
             return previous_handler(etype, value, tb, tb_offset=tb_offset)
+        if isinstance(value, RunEngineInterrupted):  # a pause: its message is the whole story
+            self._get_exc_info((etype, value, tb))
+            print(str(value).strip(), file=sys.stderr)
+            return None
         if not _is_ours(value, tb):
             self.showtraceback((etype, value, tb), tb_offset=tb_offset, running_compiled_code=True)
             return None

@@ -1,6 +1,17 @@
-"""Shared fixtures: a real RunEngine and a simulated microscope with instant moves."""
+"""Shared fixtures: a real RunEngine, a simulated microscope with instant moves, real servers.
+
+Every test is also checked for processes it leaves running (see ``no_process_left_behind``).
+"""
 
 from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from bluesky import RunEngine
@@ -45,43 +56,119 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def tiled_server(tmp_path):
-    """A real `autofocus serve` (tiled serve) process on 127.0.0.1, stopped afterwards."""
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
+# -- no process outlives its test ---------------------------------------------------------
+def _become_subreaper() -> None:
+    """Adopt orphans: a grandchild whose parent died is re-parented to pytest, not init.
 
+    Without this, a server left running by a child that was stopped (the old
+    `autofocus serve` -> `tiled serve`) would be invisible to the check below.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_CHILD_SUBREAPER = 36
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+_become_subreaper()
+
+# helpers Python itself keeps for the whole session once something needs them
+_SESSION_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
+def _describe(process) -> str:
+    import psutil
+
+    try:
+        return f"pid {process.pid}: {' '.join(process.cmdline()) or process.name()}"
+    except psutil.Error:
+        return f"pid {process.pid}"
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    """Fail the test that leaves a child process (or an orphaned grandchild) running; kill it."""
+    import psutil
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    survivors = []
+    for process in me.children(recursive=True):
+        if process.pid in before:
+            continue
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(process.pid, os.WNOHANG)  # an adopted orphan that already exited
+                continue
+            if any(helper in " ".join(process.cmdline()) for helper in _SESSION_HELPERS):
+                continue
+            survivors.append(_describe(process))
+            process.kill()
+            process.wait(10)
+        except (psutil.NoSuchProcess, ChildProcessError):
+            continue
+    assert not survivors, "processes left running (now killed): " + "; ".join(survivors)
+
+
+@contextlib.contextmanager
+def autofocus_serve(tmp_path: Path, *args: str):
+    """A real `autofocus serve` on a free port of 127.0.0.1, stopped on exit whatever happens.
+
+    Yields ``(process, url, log_path)`` once the server answers HTTP.
+    """
     import httpx
 
     port = _free_port()
-    key = f"testkey{port}"
-    data = tmp_path / "server"
+    log_path = tmp_path / f"serve-{port}.log"
     autofocus = Path(sys.executable).with_name("autofocus")
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115
-    process = subprocess.Popen(
-        [str(autofocus), "serve", "--data", str(data), "--port", str(port), "--api-key", key],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    command = [str(autofocus), "serve", "--port", str(port), *args]
+    with open(log_path, "w") as log:
+        # its own session, so that stopping it reaches anything it may have started
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(f"{url}/api/v1/", timeout=1)
-            break
-        except httpx.HTTPError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(
-                    "tiled server did not start: " + (tmp_path / "server.log").read_text()
-                ) from None
-            time.sleep(0.3)
-    yield {"url": url, "api_key": key, "frames": data / "frames"}
-    process.terminate()
     try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                httpx.get(f"{url}/api/v1/", timeout=1)
+                break
+            except httpx.HTTPError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "autofocus serve did not start: " + log_path.read_text()
+                    ) from None
+                time.sleep(0.3)
+        yield process, url, log_path
+    finally:
+        _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group, then SIGKILL to whatever of it is left; reap the leader."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # members that ignored SIGTERM
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """``serve(*args)`` starts a real `autofocus serve`; all are stopped after the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda *args: stack.enter_context(autofocus_serve(tmp_path, *args))
+
+
+@pytest.fixture
+def tiled_server(tmp_path):
+    """A real `autofocus serve` (Tiled under uvicorn) process on 127.0.0.1, stopped afterwards."""
+    port_key = f"testkey{os.getpid()}"
+    data = tmp_path / "server"
+    with autofocus_serve(tmp_path, "--data", str(data), "--api-key", port_key) as (_p, url, _log):
+        yield {"url": url, "api_key": port_key, "frames": data / "frames"}

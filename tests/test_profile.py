@@ -1,9 +1,12 @@
 """The IPython profile, loaded by a real IPython and by the queueserver's loader."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import yaml
 
@@ -25,7 +28,21 @@ def _env(tmp_path):
     return env
 
 
+def _git_status() -> str:
+    git = shutil.which("git")
+    if git is None or not (ROOT / ".git").exists():
+        pytest.skip("needs a git checkout to compare the repository's status")
+    return subprocess.run(
+        [git, "status", "--porcelain", "--untracked-files=all"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
 def test_ipython_profile_runs_a_sweep_and_reads_it_back(tmp_path):
+    status_before = _git_status()
     ipython = Path(sys.executable).with_name("ipython")
     command = (
         "r = RE(brenner_sweep(camera, z, led, -20, 20, 21, md={'sample': 'beads:0'})); "
@@ -49,6 +66,10 @@ def test_ipython_profile_runs_a_sweep_and_reads_it_back(tmp_path):
     run = open_catalog(tmp_path / "catalog")[uid]
     assert run.start["plan_name"] == "brenner_sweep" and run.start["sample"] == "beads:0"
     assert run["primary"]["camera_image"].shape == (21, 256, 256)
+    # the history went to IPYTHONDIR, and the checkout is as it was
+    assert (tmp_path / "ipython" / "autofocus_history.sqlite").is_file()
+    assert not (PROFILE / "history.sqlite").exists()
+    assert _git_status() == status_before
 
 
 def test_queueserver_loader_finds_plans_and_devices(tmp_path):

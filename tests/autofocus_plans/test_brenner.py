@@ -139,6 +139,10 @@ def test_bad_arguments_are_clear(RE, mic):
         RE(brenner_sweep(mic.camera, mic.z, mic.led, metric="tenengrad"))
     with pytest.raises(ValueError, match="does not fit the stage's soft limits"):
         RE(brenner_sweep(mic.camera, mic.z, mic.led, -5000, 10))
+    with pytest.raises(ValueError, match=r"10.00 to -10.00 µm is reversed or empty"):
+        RE(brenner_sweep(mic.camera, mic.z, mic.led, 10, -10))
+    with pytest.raises(ValueError, match="is reversed or empty"):
+        RE(fast_focus(mic.camera, mic.z, mic.led, 10, -10))
     with pytest.raises(ValueError, match="Unknown fast_focus method 'newton'"):
         RE(fast_focus(mic.camera, mic.z, mic.led, method="newton"))
     assert mic.camera.last_frame is None

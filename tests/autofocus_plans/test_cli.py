@@ -1,13 +1,17 @@
 """The `autofocus` command line, the demo in fast mode, and the README's commands."""
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 
-from autofocus_plans.cli import build_parser
+from autofocus_plans import NoFocusFound, brenner_sweep, open_catalog
+from autofocus_plans.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTOFOCUS = str(Path(sys.executable).with_name("autofocus"))
@@ -122,3 +126,36 @@ def test_collect_train_evaluate_commands(tmp_path):
     ).stdout
     assert "| MAE |" in report and "8 frames from 1 held-out field" in report
     assert (tmp_path / "eval" / "predicted_vs_true.png").stat().st_size > 1000
+
+
+def test_serve_prints_one_working_key_and_stops_on_sigterm(serve, tmp_path):
+    process, url, log = serve("--data", str(tmp_path / "server"))
+    banner = log.read_text()
+    keys = set(re.findall(r"[0-9a-f]{32,}", banner))
+    assert len(keys) == 1, banner  # Tiled's own banner used to show a second, refused key
+    (key,) = keys
+    assert f"export TILED_API_KEY={key}" in banner
+    assert len(open_catalog(url, api_key=key)) == 0  # the printed key is the one that works
+
+    port = url.rsplit(":", 1)[1]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+    serving = [
+        p.info["cmdline"]
+        for p in psutil.process_iter(["cmdline"])
+        if p.info["cmdline"] and "serve" in p.info["cmdline"] and port in p.info["cmdline"]
+    ]
+    assert not serving
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/api/v1/", timeout=5)
+
+
+def test_replay_plot_says_no_focus_found(catalog_RE, catalog, mic, tmp_path, capsys):
+    with pytest.raises(NoFocusFound):
+        catalog_RE(brenner_sweep(mic.camera, mic.z, mic.led, illumination="off"))
+    (uid,) = list(catalog)
+    plot = tmp_path / "none.png"
+    assert main(["replay", uid, "--catalog", str(tmp_path / "catalog"), "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "no focus found: No focus peak" in out
+    assert plot.stat().st_size > 1000
