@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import yaml
 
 from autofocus_plans import open_catalog
