@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,10 @@ class _RefuseUnrecordedRuns:
         return plan_mutator(plan, refuse)
 
 
+# RunEngine -> token of the catalogue subscription connect_catalog made
+_SUBSCRIPTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _lift_refusal(RE) -> None:
     RE.preprocessors[:] = [p for p in RE.preprocessors if not isinstance(p, _RefuseUnrecordedRuns)]
 
@@ -80,7 +85,7 @@ def connect_catalog(
     location: str | Path | None = None,
     *,
     cameras: Iterable[Any] = (),
-    api_key: str | None = None,
+    **open_options: Any,
 ):
     """Open the catalogue and stream ``RE``'s documents into it; refuse runs when it can't.
 
@@ -93,29 +98,41 @@ def connect_catalog(
         ``./autofocus-data``), as for :func:`autofocus_plans.open_catalog`.
     cameras : iterable of devices
         Cameras to point at the catalogue's frames folder.
-    api_key : str, optional
-        API key of a server (default ``$TILED_API_KEY``).
+    **open_options
+        Passed on to :func:`autofocus_plans.open_catalog`, e.g. ``api_key`` of a server
+        (default ``$TILED_API_KEY``).
 
     Returns
     -------
     catalog or None
-        The catalogue; ``None`` when it could not be opened, in which case one
-        sentence on stderr says why and every plan that starts a run is refused
-        until a later call succeeds.
+        The catalogue, which replaces any that an earlier call connected.
+        ``None`` when it could not be opened: one sentence says why, and unless
+        an earlier call connected a catalogue (which then stays), every plan
+        that starts a run is refused until a later call succeeds.
     """
-    _lift_refusal(RE)
     try:
-        catalog = open_catalog(location, api_key=api_key)
-        subscribe_catalog(RE, catalog, cameras=cameras)
+        catalog = open_catalog(location, **open_options)
+        token = subscribe_catalog(RE, catalog, cameras=cameras)
     except Exception as err:  # whatever the cause, the session must still come up
         where = location or os.environ.get("AUTOFOCUS_CATALOG") or DEFAULT_LOCATION
         reason = _sentence(err).rstrip(".")
-        RE.preprocessors.append(_RefuseUnrecordedRuns(str(where)))
+        if RE in _SUBSCRIPTIONS:  # keep recording where it recorded before
+            print(
+                f"Catalogue {where} not connected, runs still go to the previous one: {reason}.",
+                file=sys.stderr,
+            )
+            return None
+        if not any(isinstance(p, _RefuseUnrecordedRuns) for p in RE.preprocessors):
+            RE.preprocessors.append(_RefuseUnrecordedRuns(str(where)))
         print(
             f"No catalogue, so runs are refused until `{_CONNECT_HINT}` succeeds: {reason}.",
             file=sys.stderr,
         )
         return None
+    if RE in _SUBSCRIPTIONS:  # one catalogue at a time: the new one replaces the old
+        RE.unsubscribe(_SUBSCRIPTIONS[RE])
+    _SUBSCRIPTIONS[RE] = token
+    _lift_refusal(RE)
     return catalog
 
 
