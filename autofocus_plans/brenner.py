@@ -1,10 +1,18 @@
 """Focus by image sharpness: a full Brenner sweep and faster searches.
 
-Every plan here sweeps upwards and makes its final approach from below (so
-backlash always takes up the same way), restores the LED pattern on every
+Every plan here checks the exposure first (preview frames, see
+:func:`~autofocus_plans.exposure.auto_exposure`), sweeps upwards and makes
+its final approach from below (so backlash always takes up the same way),
+accepts a peak only through :func:`~autofocus_plans.peak.assess_peak` (the
+data's own noise decides), restores the LED pattern and the exposure on every
 exit, returns the stage to where it started when no focus is found, records
-the optics and the search in its start document and writes its conclusion as
-one event of a ``focus_result`` stream.
+the optics and the search in its start document and writes its conclusion,
+found or not, as one event of a ``focus_result`` stream.
+
+A pause is safe before every exposure (a checkpoint). A search that is paused
+and resumed starts again: the sample, the stage or the light may have
+changed meanwhile, so it measures afresh rather than trusting the samples
+taken before the pause.
 """
 
 from __future__ import annotations
@@ -17,17 +25,20 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.protocols import Movable, Readable
+from bluesky.utils import Msg
 
 from models.focus_measures import FOCUS_MEASURES
 
-from .peak import PeakFit, curve_contrast, fit_peak, log_parabola_vertex
+from .exposure import BadExposure, ExposureLimits, judge_exposure
+from .peak import DEFAULT_FALSE_ALARM, PeakVerdict, assess_peak, log_parabola_vertex
 from .results import FocusResult, NoFocusFound, emit_focus_result, optics_metadata
-from .stubs import approach, stage_field, stage_limits
+from .stubs import approach, depth_of_field_from_devices, stage_field, stage_limits
 
 __all__ = ["FOCUS_METHODS", "brenner_sweep", "fast_focus"]
 
 FOCUS_METHODS = ("coarse_to_fine", "golden")
 _GOLDEN = (math.sqrt(5) - 1) / 2
+_MAX_EXPOSURE_FRAMES = 6
 
 
 def _measure_key(camera, metric: str) -> str:
@@ -43,15 +54,61 @@ def _measure_key(camera, metric: str) -> str:
     return key
 
 
-class _FocusCurve:
-    """Focus-measure samples taken so far, and the moves that take them."""
+class _SearchRestart(Exception):
+    """The run was paused and resumed: the samples taken so far may be stale."""
 
-    def __init__(self, camera, stage, key: str, approach_um: float) -> None:
-        self.camera, self.stage, self.key = camera, stage, key
+
+class _FocusCurve:
+    """Focus-measure samples taken so far, the moves that take them, and the verdict on them.
+
+    The RunEngine calls :meth:`pause` and :meth:`resume` on every object a plan
+    has shown it (:meth:`watch`), which is how the search learns it was paused.
+    """
+
+    def __init__(
+        self,
+        camera,
+        stage,
+        metric: str,
+        approach_um: float,
+        dof_um: float,
+        *,
+        check_exposure: bool = True,
+    ) -> None:
+        self.camera, self.stage, self.metric = camera, stage, metric
+        self.key = _measure_key(camera, metric)
+        described = camera.describe()
+        noise_key, saturation_key = f"{self.key}_noise", f"{camera.name}_saturated_fraction"
+        self.noise_key = noise_key if noise_key in described else None
+        self.saturation_key = saturation_key if saturation_key in described else None
         self.approach_um = approach_um
+        self.dof_um = dof_um
         self.low, self.high = stage_limits(stage)
+        self.resumed = False
+        self.discarded = 0
+        self.exposure = getattr(camera, "exposure_time", None)
+        self.exposure_limits = ExposureLimits.of(camera) if self.exposure is not None else None
+        self.exposure_settled = not (check_exposure and self.exposure is not None)
+        self.exposure_frames = 0
+        self.settled_exposure = float(self.exposure.get()) if self.exposure is not None else None
+        self.reset()
+
+    def reset(self) -> None:
+        self.discarded += len(getattr(self, "z", []))
         self.z: list[float] = []
         self.values: list[float] = []
+        self.noise: list[float] = []
+        self.saturated: list[float] = []
+
+    # bluesky.protocols.Pausable
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        self.resumed = True
+
+    def watch(self):
+        yield Msg("null", self)
 
     @property
     def exposures(self) -> int:
@@ -66,58 +123,109 @@ class _FocusCurve:
         yield from approach(self.stage, target, self.approach_um)
 
     def measure(self, z: float):
+        yield from bps.checkpoint()  # a pause here loses nothing
+        if self.resumed:
+            self.resumed = False
+            raise _SearchRestart
         yield from self.approach(z)  # from below, whatever the search order
-        reading = yield from bps.trigger_and_read([self.camera, self.stage])
+        # the exposure is read with every frame: frames taken while it was being adjusted
+        # stay in the run, and replays know to leave them out of the focus curve
+        devices = [self.camera, self.stage] + ([self.exposure] if self.exposure else [])
+        reading = yield from bps.trigger_and_read(devices)
+        while not self.exposure_settled and reading:
+            new = self._judge_exposure(reading)
+            if new is None:
+                self.exposure_settled = True
+                self.settled_exposure = float(self.exposure.get())
+                break
+            yield from bps.mv(self.exposure, new)
+            self.exposure_frames += 1
+            reading = yield from bps.trigger_and_read(devices)
         value = float(reading[self.key]["value"]) if reading else math.nan
         self.z.append(z)
         self.values.append(value)
+        if self.noise_key and reading:
+            self.noise.append(float(reading[self.noise_key]["value"]))
+        if self.saturation_key and reading:
+            self.saturated.append(float(reading[self.saturation_key]["value"]))
         return value
+
+    def _judge_exposure(self, reading) -> float | None:
+        name = self.camera.name
+        if self.exposure_frames >= _MAX_EXPOSURE_FRAMES:
+            raise BadExposure(
+                f"The exposure did not settle in {_MAX_EXPOSURE_FRAMES} frames (last "
+                f"{self.exposure.get():g} s): is the light flickering?"
+            )
+        return judge_exposure(
+            self.exposure_limits,
+            float(self.exposure.get()),
+            float(reading[f"{name}_mean"]["value"]),
+            float(reading[f"{name}_max"]["value"]),
+            float(reading[f"{name}_saturated_fraction"]["value"]),
+        )
 
     def scan(self, positions):
         positions = sorted(float(p) for p in positions)
-        if not positions:
-            return
-        yield from self.approach(positions[0])
         for z in positions:
             yield from self.measure(z)
 
-    def check_significant(self, min_contrast: float, origin: float):
-        _, values = self.sorted()
-        contrast = curve_contrast(values)
-        if not contrast >= min_contrast:
-            raise NoFocusFound(
-                f"No focus peak: the {self.key} curve varies by only {contrast:.1%} over "
-                f"z = {min(self.z):.2f} to {max(self.z):.2f} µm (blank or flat field?); "
-                f"the stage was returned to {origin:.2f} µm. Check the sample, the light "
-                "and the search range."
-            )
+    def verdict(self, false_alarm: float) -> PeakVerdict:
+        return assess_peak(
+            self.z,
+            self.values,
+            depth_of_field_um=self.dof_um,
+            camera_noise=self.noise if len(self.noise) == len(self.z) else None,
+            saturated_fraction=self.saturated if len(self.saturated) == len(self.z) else None,
+            false_alarm=false_alarm,
+            metric=self.metric,
+        )
 
-    def extend_while_on_edge(self, step: float, points: int, max_extensions: int, origin: float):
-        """Extend the range past an edge maximum, within the soft limits; returns the count."""
-        extensions = 0
-        while True:
-            z, values = self.sorted()
-            k = int(np.argmax(values))
-            at_low, at_high = k == 0, k == len(z) - 1
-            if not (at_low or at_high):
-                return extensions
-            if extensions >= max_extensions:
-                raise NoFocusFound(
-                    f"No focus peak: the maximum stays on the {'lower' if at_low else 'upper'} "
-                    f"edge of the range after {extensions} extension(s) (z = {z[k]:.2f} µm); "
-                    f"the stage was returned to {origin:.2f} µm. Widen the range or move "
-                    "closer to focus first."
-                )
-            offsets = step * np.arange(1, points + 1)
-            new = z[0] - offsets if at_low else z[-1] + offsets
-            new = new[(new >= self.low) & (new <= self.high)]
-            if new.size == 0:
-                raise NoFocusFound(
-                    f"No focus peak: the maximum is at the stage's soft limit (z = {z[k]:.2f} "
-                    f"µm); the stage was returned to {origin:.2f} µm."
-                )
-            yield from self.scan(new)
-            extensions += 1
+    def extend(self, side: str, step: float, points: int) -> bool:
+        """Measure ``points`` more past the ``side`` edge, within the soft limits."""
+        z, _ = self.sorted()
+        offsets = step * np.arange(1, points + 1)
+        new = z[0] - offsets if side == "lower" else z[-1] + offsets
+        new = new[(new >= self.low) & (new <= self.high)]
+        if new.size == 0:
+            return False
+        yield from self.scan(new)
+        return True
+
+
+def _open_side(curve: _FocusCurve, verdict: PeakVerdict) -> str | None:
+    """The side a search should extend: the curve is still rising towards that edge."""
+    if verdict.failed == "open":
+        return verdict.extra.get("side")
+    if verdict.found or verdict.failed in ("saturated", "points"):
+        return None
+    z, values = curve.sorted()
+    k = int(np.argmax(values))
+    # a maximum on the edge that stands out of the noise: the focus may lie beyond it
+    if k in (0, len(z) - 1) and verdict.significance >= verdict.threshold:
+        return "lower" if k == 0 else "upper"
+    return None
+
+
+def _judge(curve: _FocusCurve, step: float, points: int, max_extensions: int, false_alarm: float):
+    """Assess the curve, extending the range while the peak is open on one side."""
+    extensions = 0
+    while True:
+        verdict = curve.verdict(false_alarm)
+        side = _open_side(curve, verdict)
+        if side is None or extensions >= max_extensions:
+            return verdict, extensions
+        extended = yield from curve.extend(side, step, points)
+        if not extended:
+            return verdict, extensions
+        extensions += 1
+
+
+def _refusal(verdict: PeakVerdict, curve: _FocusCurve, origin: float, extensions: int) -> str:
+    reason = verdict.reason
+    if verdict.failed == "open" and extensions:
+        reason += f" (after {extensions} extension(s), up to the soft limits)"
+    return f"No focus peak: {reason}; the stage was returned to {origin:.2f} µm."
 
 
 def _focus_plan(
@@ -133,12 +241,15 @@ def _focus_plan(
     range_um: tuple[float, float],
     relative: bool,
     move_to_best: bool,
+    check_exposure: bool,
+    false_alarm: float,
     plan_name: str,
     plan_args: dict[str, Any],
     md: dict | None,
 ):
-    """Shared frame of every sharpness plan: metadata, LED, run, result, restore."""
-    key = _measure_key(camera, metric)
+    """Shared frame of every sharpness plan: metadata, LED, exposure, run, verdict, restore."""
+    dof = depth_of_field_from_devices(camera, led)
+    curve = _FocusCurve(camera, stage, metric, approach_um, dof, check_exposure=check_exposure)
     origin = float(stage.position)
     low, high = (origin + range_um[0], origin + range_um[1]) if relative else range_um
     stage_low, stage_high = stage_limits(stage)
@@ -153,7 +264,7 @@ def _focus_plan(
             f"[{stage_low}, {stage_high}] µm; narrow or move the range."
         )
     led_pattern = led.pattern.get()
-    curve = _FocusCurve(camera, stage, key, approach_um)
+    initial_exposure = float(curve.exposure.get()) if curve.exposure is not None else math.nan
     _md = {
         "plan_name": plan_name,
         "plan_args": plan_args,
@@ -162,6 +273,8 @@ def _focus_plan(
         "illumination": illumination,
         "search_range_um": [low, high],
         "start_z": origin,
+        "depth_of_field_um": dof,
+        "peak_false_alarm": false_alarm,
         "optics": optics_metadata(camera, led),
         "detectors": [camera.name],
         "motors": [stage_field(stage)],
@@ -170,44 +283,76 @@ def _focus_plan(
     }
     _md.update(md or {})
 
-    outcome: dict[str, FocusResult] = {}
+    outcome: dict[str, Any] = {}
 
-    @bpp.stage_decorator([camera, stage])
-    @bpp.run_decorator(md=_md)
-    def inner():
+    def restartable_search():
+        restarts = 0
+        while True:
+            try:
+                verdict, extensions = yield from search(curve, low, high)
+                return verdict, extensions, restarts
+            except _SearchRestart:
+                # light and exposure may have been changed during the pause
+                restarts += 1
+                curve.reset()
+                yield from bps.mv(led, illumination)
+                if curve.settled_exposure is not None:
+                    yield from bps.mv(curve.exposure, curve.settled_exposure)
+
+    def searched():
         t0 = time.monotonic()
+        yield from curve.watch()
         yield from bps.mv(led, illumination)
-        fit, extensions = yield from search(curve, low, high, origin)
-        best = float(np.clip(fit.center, min(curve.z), max(curve.z)))
-        _z, values = curve.sorted()
-        if move_to_best:
+        verdict, extensions, restarts = yield from restartable_search()
+        found = verdict.found
+        best = verdict.center if found else math.nan
+        if found and move_to_best:
             yield from curve.approach(best)
+        fit = verdict.fit
         result = FocusResult(
             best_z=best,
             method=method,
             metric=metric,
-            metric_value=float(values.max()),
+            metric_value=float(max(curve.values)) if curve.values else math.nan,
             fit_center=fit.center,
             fit_amplitude=fit.amplitude,
             fit_sigma=fit.sigma,
             fit_offset=fit.offset,
             fit_r2=fit.r2,
             start_z=origin,
-            exposures=curve.exposures,
+            exposures=curve.exposures + curve.exposure_frames + curve.discarded,
             elapsed_s=time.monotonic() - t0,
             extensions=extensions,
+            found=found,
+            peak_significance=verdict.significance,
+            peak_threshold=verdict.threshold,
+            peak_noise=verdict.noise,
+            peak_width_dof=verdict.width_dof,
+            peak_second_ratio=verdict.second_peak_ratio,
+            exposure_s=float(curve.exposure.get()) if curve.exposure is not None else math.nan,
+            exposure_checks=curve.exposure_frames,
+            restarts=restarts,
+            extra={"verdict": verdict.failed or "found", "noise_source": verdict.noise_source},
         )
         yield from emit_focus_result(result)
         outcome["result"] = result
+        if not found:
+            raise NoFocusFound(
+                _refusal(verdict, curve, origin, extensions), verdict=verdict, result=result
+            )
 
     def back_to_origin(exc):
         yield from curve.approach(origin)
 
-    def restore_led():
+    def restore():
         yield from bps.mv(led, led_pattern)
+        if curve.exposure is not None and float(curve.exposure.get()) != initial_exposure:
+            yield from bps.mv(curve.exposure, initial_exposure)
 
     run_uid = yield from bpp.contingency_wrapper(
-        inner(), except_plan=back_to_origin, final_plan=restore_led
+        bpp.stage_wrapper(bpp.run_wrapper(searched(), md=_md), [camera, stage]),
+        except_plan=back_to_origin,
+        final_plan=restore,
     )
     result = outcome["result"]
     result.run_uid = run_uid or ""
@@ -227,7 +372,8 @@ def brenner_sweep(
     illumination: str = "brightfield",
     move_to_best: bool = True,
     max_extensions: int = 2,
-    min_contrast: float = 0.1,
+    check_exposure: bool = True,
+    false_alarm: float = DEFAULT_FALSE_ALARM,
     approach_um: float = 5.0,
     md: dict | None = None,
 ):
@@ -242,7 +388,7 @@ def brenner_sweep(
     led : Movable
         LED illumination; set to ``illumination`` for the sweep and restored after.
     start, stop : float
-        Sweep range in µm (relative to the current position if ``relative``).
+        Sweep range in µm, relative to the current position unless ``relative`` is False.
     num : int
         Number of exposures in the sweep (at least 5).
     relative : bool
@@ -254,9 +400,13 @@ def brenner_sweep(
     move_to_best : bool
         Move to the fitted focus at the end (from below).
     max_extensions : int
-        How often the range may be extended when the maximum lies on its edge.
-    min_contrast : float
-        Smallest rise of the peak above the curve's floor (relative) that counts as focus.
+        How often the range may be extended while the peak is open on one side.
+    check_exposure : bool
+        Check the exposure on preview frames first and adjust it within the
+        camera's limits (restored at the end); refuse when none is usable.
+    false_alarm : float
+        Probability that a curve without a focus peak is accepted (the peak
+        test's significance level).
     approach_um : float
         Overshoot below a target before the final upward approach (backlash).
     md : dict, optional
@@ -265,21 +415,20 @@ def brenner_sweep(
     Returns
     -------
     FocusResult
-        Best Z (µm), fit parameters and quality, exposures used, elapsed time.
+        Best Z (µm), fit parameters, the peak test's figures, exposures used, elapsed time.
+
+    Raises
+    ------
+    NoFocusFound
+        The curve has no focus peak; the sentence names the criterion that failed.
     """
     if num < 5:
         raise ValueError(f"A Brenner sweep needs at least 5 points, got num={num}.")
 
-    def search(curve, low, high, origin):
-        positions = np.linspace(low, high, num)
-        yield from curve.scan(positions)
-        curve.check_significant(min_contrast, origin)
+    def search(curve, low, high):
+        yield from curve.scan(np.linspace(low, high, num))
         step = (high - low) / (num - 1)
-        extensions = yield from curve.extend_while_on_edge(
-            step, max(2, num // 2), max_extensions, origin
-        )
-        z, values = curve.sorted()
-        return fit_peak(z, values), extensions
+        return (yield from _judge(curve, step, max(2, num // 2), max_extensions, false_alarm))
 
     return (
         yield from _focus_plan(
@@ -294,6 +443,8 @@ def brenner_sweep(
             range_um=(start, stop),
             relative=relative,
             move_to_best=move_to_best,
+            check_exposure=check_exposure,
+            false_alarm=false_alarm,
             plan_name="brenner_sweep",
             plan_args={"start": start, "stop": stop, "num": num, "relative": relative},
             md=md,
@@ -316,8 +467,6 @@ def _golden_refine(curve: _FocusCurve, a: float, b: float, tolerance_um: float, 
             a, c, fc = c, d, fd
             d = a + _GOLDEN * (b - a)
             fd = yield from curve.measure(d)
-    center = (c if fc >= fd else d) if (b - a) / 2 > tolerance_um else (a + b) / 2
-    return center
 
 
 def _vertex_estimate(curve: _FocusCurve) -> float:
@@ -330,22 +479,27 @@ def _vertex_estimate(curve: _FocusCurve) -> float:
     return vertex if vertex is not None and z[0] <= vertex <= z[-1] else float(z[k])
 
 
-def _parabola_refine(curve: _FocusCurve, step: float, tolerance_um: float, budget: int):
-    """Coarse-to-fine: log-parabola vertex, then 2 points at a third of the step around it."""
-    estimate = None
-    while curve.exposures + 2 <= budget:
-        new_estimate = _vertex_estimate(curve)
-        if (
-            estimate is not None
-            and abs(new_estimate - estimate) <= tolerance_um
-            and step <= 2 * tolerance_um * 3
-        ):
-            return new_estimate
-        estimate = new_estimate
-        step = max(step / 3, tolerance_um)
-        yield from curve.measure(estimate - step)
-        yield from curve.measure(estimate + step)
-    return _vertex_estimate(curve)
+def _parabola_refine(curve: _FocusCurve, tolerance_um: float, budget: int, false_alarm: float):
+    """Coarse-to-fine: a pair of exposures half a DOF either side of the vertex, then judge.
+
+    Half a depth of field is where a focus peak is still high but already
+    curved, so the pair pins its top down and the fit over all samples does
+    the rest. Only when the peak test is not yet convinced does another
+    exposure go to the current estimate of the top.
+    """
+    estimate = _vertex_estimate(curve)
+    half = max(0.5 * curve.dof_um, tolerance_um)
+    for z in (estimate - half, estimate + half):
+        if curve.exposures < budget:
+            yield from curve.measure(float(np.clip(z, curve.low, curve.high)))
+    while curve.exposures < budget:
+        verdict = curve.verdict(false_alarm)
+        if verdict.found or verdict.failed in ("saturated", "points"):
+            return
+        target = _vertex_estimate(curve)
+        if min(abs(np.asarray(curve.z) - target)) <= tolerance_um:
+            return  # nothing new to learn there
+        yield from curve.measure(target)
 
 
 def fast_focus(
@@ -357,24 +511,30 @@ def fast_focus(
     *,
     tolerance_um: float = 0.5,
     method: str = "coarse_to_fine",
-    coarse_points: int = 11,
+    coarse_points: int = 0,
     max_exposures: int = 15,
     relative: bool = True,
     metric: str = "brenner",
     illumination: str = "brightfield",
     move_to_best: bool = True,
     max_extensions: int = 2,
-    min_contrast: float = 0.1,
+    check_exposure: bool = True,
+    false_alarm: float = DEFAULT_FALSE_ALARM,
     approach_um: float = 5.0,
     md: dict | None = None,
 ):
-    """Find focus to ``tolerance_um`` with as few exposures as possible.
+    """Find focus with as few exposures as possible.
 
-    A coarse scan brackets the peak (extending the range when the maximum
-    is on an edge); then ``method`` narrows it down: ``"coarse_to_fine"``
-    places pairs of exposures around the vertex of a parabola through
-    log(measure) (exact for a Gaussian peak) at ever finer steps;
-    ``"golden"`` runs a golden-section search inside the bracket.
+    A coarse scan, about 1.6 depths of field apart (a focus peak is at
+    least ~0.4 DOF wide, with broad tails, so it cannot hide between two
+    samples), brackets the peak, extending the range while the peak is open
+    on one side; then ``method`` refines it: ``"coarse_to_fine"`` places a
+    pair of exposures half a DOF either side of the vertex of a parabola
+    through log(measure), and more at the top only while the peak test is
+    not yet convinced; ``"golden"`` runs a golden-section search inside the
+    bracket down to ``tolerance_um``. The same peak test as
+    :func:`brenner_sweep` judges all the samples, and the focus is the fit
+    over them.
 
     Parameters
     ----------
@@ -385,52 +545,55 @@ def fast_focus(
     led : Movable
         LED illumination, restored on exit.
     start, stop : float
-        Search range in µm (relative to the current position if ``relative``).
+        Search range in µm, relative to the current position unless ``relative`` is False.
     tolerance_um : float
-        Required accuracy of the focus position, µm.
+        Golden-section: width of the final bracket. Coarse-to-fine: the
+        smallest spacing worth another exposure.
     method : str
         ``"coarse_to_fine"`` or ``"golden"``.
     coarse_points : int
-        Exposures in the bracketing scan (at least 3).
+        Exposures in the bracketing scan (at least 5); 0 chooses them from the
+        depth of field.
     max_exposures : int
-        Total exposures, coarse scan included (each range extension adds 2).
-    relative, metric, illumination, move_to_best, max_extensions, min_contrast, approach_um, md
+        Recorded exposures at most, coarse scan included (each range extension adds 2).
+    relative, metric, illumination, move_to_best, max_extensions, check_exposure
+        As for :func:`brenner_sweep`.
+    false_alarm, approach_um, md
         As for :func:`brenner_sweep`.
 
     Returns
     -------
     FocusResult
-        Best Z and the number of exposures used.
+        Best Z, the peak test's figures and the number of exposures used.
+
+    Raises
+    ------
+    NoFocusFound
+        The samples show no focus peak; the sentence names the criterion that failed.
     """
     if method not in FOCUS_METHODS:
         raise ValueError(f"Unknown fast_focus method {method!r}; choose one of {FOCUS_METHODS}.")
-    if coarse_points < 3:
-        raise ValueError(f"fast_focus needs at least 3 coarse points, got {coarse_points}.")
+    if coarse_points and coarse_points < 5:
+        raise ValueError(f"fast_focus needs at least 5 coarse points, got {coarse_points}.")
     if tolerance_um <= 0:
         raise ValueError(f"tolerance_um must be positive, got {tolerance_um}.")
 
-    def search(curve, low, high, origin):
-        yield from curve.scan(np.linspace(low, high, coarse_points))
-        curve.check_significant(min_contrast, origin)
-        step = (high - low) / (coarse_points - 1)
-        extensions = yield from curve.extend_while_on_edge(step, 2, max_extensions, origin)
+    def search(curve, low, high):
+        points = (
+            coarse_points or int(np.clip(np.ceil((high - low) / (1.6 * curve.dof_um)), 4, 30)) + 1
+        )
+        yield from curve.scan(np.linspace(low, high, points))
+        step = (high - low) / (points - 1)
+        _, extensions = yield from _judge(curve, step, 2, max_extensions, false_alarm)
         budget = max_exposures + 2 * extensions
         z, values = curve.sorted()
         k = int(np.argmax(values))
         if method == "golden":
-            center = yield from _golden_refine(curve, z[k - 1], z[k + 1], tolerance_um, budget)
+            a, b = z[max(k - 1, 0)], z[min(k + 1, len(z) - 1)]
+            yield from _golden_refine(curve, a, b, tolerance_um, budget)
         else:
-            center = yield from _parabola_refine(curve, step, tolerance_um, budget)
-        z, values = curve.sorted()
-        return PeakFit(
-            float(center),
-            float(values.max()),
-            math.nan,
-            float(values.min()),
-            math.nan,
-            len(z),
-            method,
-        ), extensions
+            yield from _parabola_refine(curve, tolerance_um, budget, false_alarm)
+        return curve.verdict(false_alarm), extensions
 
     return (
         yield from _focus_plan(
@@ -445,6 +608,8 @@ def fast_focus(
             range_um=(start, stop),
             relative=relative,
             move_to_best=move_to_best,
+            check_exposure=check_exposure,
+            false_alarm=false_alarm,
             plan_name="fast_focus",
             plan_args={
                 "start": start,

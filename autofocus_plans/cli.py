@@ -107,8 +107,8 @@ def cmd_replay(args) -> int:
 
         _motor, z, measure, values = focus_curve(run)
         best = fit = note = None
-        if "focus_result" in run:
-            result = load_table(run, "focus_result")
+        result = load_table(run, "focus_result") if "focus_result" in run else {}
+        if result and int(result.get("found", [1])[-1]):
             best = float(result["best_z"][-1])
             fit = tuple(float(result[f"fit_{k}"][-1]) for k in FIT_KEYS)
         elif "method" in start:  # a focus search that concluded nothing

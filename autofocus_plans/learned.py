@@ -19,11 +19,9 @@ import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.protocols import Movable, Readable
 
-from devices.optics import Objective, depth_of_field_um
-
 from .brenner import brenner_sweep, fast_focus
 from .results import FocusResult, NumbersReading, emit_focus_result, optics_metadata
-from .stubs import approach, stage_field, stage_limits
+from .stubs import approach, depth_of_field_from_devices, stage_field, stage_limits
 
 __all__ = [
     "check_model_optics",
@@ -32,18 +30,6 @@ __all__ = [
     "depth_of_field_from_devices",
     "track_focus",
 ]
-
-
-def depth_of_field_from_devices(camera, led) -> float:
-    """DOF (µm) from the devices' configuration: wavelength, NA, immersion, pixel at sample."""
-    config = optics_metadata(camera, led)
-    objective = Objective(
-        magnification=1.0,
-        na=config["led_objective_na"],
-        immersion_index=config.get("led_immersion_index", 1.0),
-    )
-    # pixel size at the sample = e / M, so magnification 1 with that pixel gives n e / (M NA)
-    return depth_of_field_um(objective, config["led_wavelength_um"], config["camera_pixel_size_um"])
 
 
 def _set_and_restore(camera, led, pattern: str, exposure_s: float | None):

@@ -106,10 +106,29 @@ def load_frames(run, key: str | None = None, stream: str = "primary") -> np.ndar
     return np.asarray(node[key].read())
 
 
+def _search_rows(table: dict[str, np.ndarray], start: dict) -> np.ndarray:
+    """Rows taken at the search's final exposure.
+
+    A focus search reads the exposure with every frame; frames taken while
+    it was adjusting the exposure stay in the run but are not part of its curve.
+    """
+    rows = np.ones(len(next(iter(table.values()), [])), dtype=bool)
+    for detector in start.get("detectors", []):
+        exposure = table.get(f"{detector}_exposure_time")
+        if exposure is not None and len(exposure):
+            rows &= exposure == exposure[-1]
+    return rows
+
+
 def focus_curve(run, stream: str = "primary") -> tuple[str, np.ndarray, str, np.ndarray]:
-    """(motor name, positions, measure name, values) of a stored focus scan."""
+    """(motor name, positions, measure name, values) of a stored focus scan.
+
+    Frames a search took while it was still adjusting the exposure are left out.
+    """
     start = run.start
     table = load_table(run, stream)
+    rows = _search_rows(table, start)
+    table = {key: column[rows] for key, column in table.items()}
     motors = start.get("motors") or []
     motor = next((m for m in motors if m in table), None)
     if motor is None:
@@ -133,8 +152,9 @@ def reanalyze(run, metric: str = "brenner", stream: str = "primary"):
 
     measure = focus_measure(metric)
     frames = load_frames(run, stream=stream)
+    rows = _search_rows(load_table(run, stream), run.start)[: len(frames)]
     _motor, z, _, _ = focus_curve(run, stream)
-    values = np.array([measure(frame) for frame in frames])
+    values = np.array([measure(frame) for frame in frames[rows]])
     return fit_peak(z[: len(values)], values)
 
 
@@ -154,7 +174,9 @@ def summarize_run(run) -> RunSummary:
     result = ""
     if "focus_result" in run:
         table = load_table(run, "focus_result")
-        if "best_z" in table and len(table["best_z"]):
+        if "found" in table and len(table["found"]) and not int(table["found"][-1]):
+            result = "no focus found"
+        elif "best_z" in table and len(table["best_z"]):
             result = f"best z {float(table['best_z'][-1]):.2f} µm"
     when = dt.datetime.fromtimestamp(start["time"]).strftime("%Y-%m-%d %H:%M:%S")
     return RunSummary(

@@ -19,7 +19,18 @@ __all__ = [
 
 
 class NoFocusFound(RuntimeError):
-    """No significant focus peak was found; the stage was returned to where it started."""
+    """No significant focus peak was found; the stage was returned to where it started.
+
+    ``verdict`` holds the figures behind the refusal (a
+    :class:`~autofocus_plans.peak.PeakVerdict`, or None when the search
+    stopped before judging a curve) and ``result`` the run's
+    :class:`FocusResult` (with ``found`` false), when there is one.
+    """
+
+    def __init__(self, message: str, *, verdict=None, result: FocusResult | None = None):
+        super().__init__(message)
+        self.verdict = verdict
+        self.result = result
 
 
 @dataclass
@@ -27,7 +38,14 @@ class FocusResult:
     """The conclusion of one autofocus run (also written as the ``focus_result`` stream).
 
     Positions in µm, times in seconds. ``fit_r2`` is the coefficient of
-    determination of the peak fit (NaN where no fit was made).
+    determination of the peak fit (NaN where no fit was made). The
+    ``peak_*`` figures are those of the peak-acceptance test
+    (:func:`~autofocus_plans.peak.assess_peak`): the peak's height over the
+    noise of the focus measure and the height needed, the noise itself, the
+    peak's width in depths of field. ``exposures`` counts the recorded frames
+    of the search, ``exposure_checks`` the preview frames of the exposure
+    check before it, ``restarts`` how often a pause made the search start
+    again.
     """
 
     best_z: float
@@ -45,6 +63,15 @@ class FocusResult:
     extensions: int = 0
     predicted_defocus: float = math.nan
     fell_back: bool = False
+    found: bool = True
+    peak_significance: float = math.nan
+    peak_threshold: float = math.nan
+    peak_noise: float = math.nan
+    peak_width_dof: float = math.nan
+    peak_second_ratio: float = math.nan
+    exposure_s: float = math.nan
+    exposure_checks: int = 0
+    restarts: int = 0
     run_uid: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -52,6 +79,7 @@ class FocusResult:
         skip = {"method", "metric", "run_uid", "extra"}
         values = {k: v for k, v in asdict(self).items() if k not in skip}
         values["fell_back"] = int(values["fell_back"])
+        values["found"] = int(values["found"])
         return values
 
 
@@ -91,13 +119,13 @@ class NumbersReading:
 
 
 _MICRONS = {"best_z", "fit_center", "fit_sigma", "start_z", "predicted_defocus"}
+_UNITS = {key: "um" for key in _MICRONS} | {"elapsed_s": "s", "exposure_s": "s"}
 
 
 def emit_focus_result(result: FocusResult):
     """Write ``result`` as one event in the ``focus_result`` stream of the open run."""
     yield from bps.create("focus_result")
-    units = {key: "um" for key in _MICRONS}
-    yield from bps.read(NumbersReading("focus_result", result.numeric_fields(), units))
+    yield from bps.read(NumbersReading("focus_result", result.numeric_fields(), _UNITS))
     yield from bps.save()
 
 

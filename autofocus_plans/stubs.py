@@ -6,7 +6,11 @@ import math
 
 import bluesky.plan_stubs as bps
 
-__all__ = ["approach", "stage_field", "stage_limits"]
+from devices.optics import Objective, depth_of_field_um
+
+from .results import optics_metadata
+
+__all__ = ["approach", "depth_of_field_from_devices", "stage_field", "stage_limits"]
 
 
 def stage_limits(stage) -> tuple[float, float]:
@@ -29,3 +33,15 @@ def approach(stage, target: float, overshoot_um: float):
     if target < float(current) and overshoot_um > 0:
         yield from bps.mv(stage, max(target - overshoot_um, stage_limits(stage)[0]))
     yield from bps.mv(stage, target)
+
+
+def depth_of_field_from_devices(camera, led) -> float:
+    """DOF (µm) from the devices' configuration: wavelength, NA, immersion, pixel at sample."""
+    config = optics_metadata(camera, led)
+    objective = Objective(
+        magnification=1.0,
+        na=config["led_objective_na"],
+        immersion_index=config.get("led_immersion_index", 1.0),
+    )
+    # pixel size at the sample = e / M, so magnification 1 with that pixel gives n e / (M NA)
+    return depth_of_field_um(objective, config["led_wavelength_um"], config["camera_pixel_size_um"])

@@ -23,7 +23,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
-from models.focus_measures import FOCUS_MEASURES, focus_measure
+from models.focus_measures import FOCUS_MEASURES, brenner_noise, focus_measure
 
 from .simulator import CameraSettings, OpticalModel
 
@@ -51,6 +51,13 @@ def _positive_exposure(sig, value):
             f"Camera exposure time must be a positive number of seconds, got {value!r}; "
             "use e.g. 0.01 for 10 ms."
         )
+    camera = sig.parent
+    low, high = camera.min_exposure_s.get(), camera.max_exposure_s.get()
+    if not low <= value <= high:
+        raise ValueError(
+            f"Camera exposure time {value:g} s is outside the camera's range "
+            f"[{low:g}, {high:g}] s; choose an exposure inside it."
+        )
     return float(value)
 
 
@@ -76,10 +83,14 @@ class SimCamera(Device):
     """A scientific camera on the simulated microscope.
 
     Readings: ``<name>_brenner`` (hinted) and any other configured focus
-    measure, ``<name>_mean``, ``<name>_max``, ``<name>_saturated_fraction``;
-    the image ``<name>_image`` is external (HDF5). Configuration: exposure
-    time (s), gain, binning, ROI (unbinned sensor pixels), pixel size at the
-    sample (µm), bit depth.
+    measure, ``<name>_brenner_noise`` (the standard deviation of the Brenner
+    value that the camera's own noise predicts for this frame),
+    ``<name>_mean``, ``<name>_max``, ``<name>_saturated_fraction``; the image
+    ``<name>_image`` is external (HDF5). Configuration: exposure time (s) and
+    its range, gain, binning, ROI (unbinned sensor pixels), pixel size at the
+    sample (µm), bit depth, and the noise model as a camera datasheet gives
+    it (EMVA 1288): black level ``offset_adu``, ``read_noise_e`` and
+    ``electrons_per_adu`` (which follows the gain).
     """
 
     image = Cpt(Signal, kind="omitted")
@@ -88,12 +99,15 @@ class SimCamera(Device):
     saturated_fraction = Cpt(Signal, value=0.0, kind="normal")
 
     brenner = Cpt(Signal, value=0.0, kind="hinted")
+    brenner_noise = Cpt(Signal, value=0.0, kind="normal")
     normalized_variance = Cpt(Signal, value=0.0, kind="omitted")
     tenengrad = Cpt(Signal, value=0.0, kind="omitted")
     vollath_f4 = Cpt(Signal, value=0.0, kind="omitted")
     squared_gradient = Cpt(Signal, value=0.0, kind="omitted")
     fft_bandpass = Cpt(Signal, value=0.0, kind="omitted")
 
+    min_exposure_s = Cpt(Signal, value=1e-5, kind="config")
+    max_exposure_s = Cpt(Signal, value=10.0, kind="config")
     exposure_time = Cpt(_CheckedSignal, value=0.01, check=_positive_exposure, kind="config")
     gain = Cpt(_CheckedSignal, value=1.0, check=_positive_gain, kind="config")
     binning = Cpt(_CheckedSignal, value=1, check=_binning, kind="config")
@@ -103,6 +117,9 @@ class SimCamera(Device):
     roi_height = Cpt(_CheckedSignal, value=0, check=_roi_value, kind="config")
     pixel_size_um = Cpt(Signal, value=0.0, kind="config")
     bit_depth = Cpt(Signal, value=12, kind="config")
+    offset_adu = Cpt(Signal, value=0.0, kind="config")
+    read_noise_e = Cpt(Signal, value=0.0, kind="config")
+    electrons_per_adu = Cpt(Signal, value=1.0, kind="config")
 
     def __init__(
         self,
@@ -134,7 +151,11 @@ class SimCamera(Device):
         self.roi_height.put(height)
         self.bit_depth.put(model.sensor.bit_depth)
         self.pixel_size_um.put(model.sample_pixel_um(1))
+        self.offset_adu.put(float(model.sensor.offset_adu))
+        self.read_noise_e.put(float(model.sensor.read_noise_e))
         self.binning.subscribe(self._update_pixel_size, run=False)
+        self.gain.subscribe(self._update_conversion, run=False)
+        self._update_conversion(self.gain.get())
         self._asset_docs: deque = deque()
         self._file: h5py.File | None = None
         self._dataset: h5py.Dataset | None = None
@@ -153,6 +174,19 @@ class SimCamera(Device):
 
     def _update_pixel_size(self, value, **kwargs):
         self.pixel_size_um.put(self._model.sample_pixel_um(int(value)))
+
+    def _update_conversion(self, value, **kwargs):
+        sensor = self._model.sensor
+        self.electrons_per_adu.put(sensor.full_well_e / sensor.max_adu / float(value))
+
+    def pixel_variance(self, frame: np.ndarray) -> np.ndarray:
+        """Noise variance of each pixel of ``frame`` (ADU²) from the camera's noise model.
+
+        Shot noise of the detected electrons, read noise and quantisation.
+        """
+        k = self.electrons_per_adu.get()
+        signal = np.maximum(frame.astype(np.float64) - self.offset_adu.get(), 0.0)
+        return signal / k + (self.read_noise_e.get() / k) ** 2 + 1 / 12
 
     # -- geometry ---------------------------------------------------------------
     def settings(self) -> CameraSettings:
@@ -262,6 +296,7 @@ class SimCamera(Device):
         self.saturated_fraction.put(float(np.count_nonzero(frame >= max_adu) / frame.size))
         for measure, value in readings.items():
             getattr(self, measure).put(value)
+        self.brenner_noise.put(brenner_noise(frame, self.pixel_variance(frame)))
         with self._lock:
             if self._dataset is None:
                 return  # not staged: a snapshot outside a run, nothing to record

@@ -40,8 +40,9 @@ class SimFieldOfView(SynAxis):
         self._base_focus = self._model.focus.focus_um
         if isinstance(sample, ProceduralSample):
             self._family, self._seed = sample.family, sample.seed
+            self._style = {"contrast": sample.contrast, "component": sample.component}
         else:
-            self._family, self._seed = None, 0
+            self._family, self._seed, self._style = None, 0, {}
 
     def focus_offset_um(self, k: int) -> float:
         if k == 0:
@@ -58,6 +59,6 @@ class SimFieldOfView(SynAxis):
             )
         if k < 0:
             raise ValueError(f"Field-of-view index must be >= 0, got {value!r}.")
-        self._model.set_sample(ProceduralSample(self._family, self._seed + 7919 * k))
+        self._model.set_sample(ProceduralSample(self._family, self._seed + 7919 * k, **self._style))
         self._model.focus.focus_um = self._base_focus + self.focus_offset_um(k)
         return super().set(k)

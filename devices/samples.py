@@ -19,7 +19,9 @@ from scipy import ndimage
 from models.focus_measures import brenner
 
 __all__ = [
+    "SAMPLE_COMPONENTS",
     "SAMPLE_FAMILIES",
+    "ZSTACK_FITS",
     "ImageSample",
     "ProceduralSample",
     "Sample",
@@ -53,35 +55,92 @@ def _wrap(d: np.ndarray, period: float) -> np.ndarray:
     return (d + period / 2) % period - period / 2
 
 
+SAMPLE_COMPONENTS = ("both", "amplitude", "phase")
+
+
 class ProceduralSample(Sample):
     """Seeded procedural sample of one family: ``cells``, ``beads``, ``tissue`` or ``bars``.
 
     The same family, seed and grid always give the same transmittance; a new
     seed is a new field of view.
+
+    Parameters
+    ----------
+    family : str
+        One of :data:`SAMPLE_FAMILIES`.
+    seed : int
+        Field of view.
+    contrast : float
+        Scales the optical density and the phase of the sample (1 is the
+        family's usual stain; 0.2 a faint, barely stained one).
+    component : str
+        ``"both"``, ``"amplitude"`` (phase removed: a pure absorber) or
+        ``"phase"`` (absorption removed: an unstained, transparent sample; the
+        chrome of ``bars`` becomes a 1 rad phase etch).
     """
 
-    def __init__(self, family: str = "cells", seed: int = 0) -> None:
+    def __init__(
+        self,
+        family: str = "cells",
+        seed: int = 0,
+        *,
+        contrast: float = 1.0,
+        component: str = "both",
+    ) -> None:
         if family not in SAMPLE_FAMILIES:
             raise ValueError(
                 f"Unknown sample family {family!r}; choose one of: {', '.join(SAMPLE_FAMILIES)}."
             )
+        if not (isinstance(contrast, int | float) and contrast > 0):
+            raise ValueError(f"Sample contrast must be a positive number, got {contrast!r}.")
+        if component not in SAMPLE_COMPONENTS:
+            raise ValueError(
+                f"Unknown sample component {component!r}; choose one of: "
+                f"{', '.join(SAMPLE_COMPONENTS)}."
+            )
         self.family = family
         self.seed = int(seed)
-        self.label = f"{family}:{self.seed}"
+        self.contrast = float(contrast)
+        self.component = component
+        suffix = "" if component == "both" else f"/{component}"
+        suffix += "" if self.contrast == 1 else f"/x{self.contrast:g}"
+        self.label = f"{family}:{self.seed}{suffix}"
 
     def describe(self) -> dict:
-        return {"sample": self.label, "sample_family": self.family, "sample_seed": self.seed}
+        return {
+            "sample": self.label,
+            "sample_family": self.family,
+            "sample_seed": self.seed,
+            "sample_contrast": self.contrast,
+            "sample_component": self.component,
+        }
 
     def transmittance(self, shape: tuple[int, int], dx_um: float) -> np.ndarray:
-        return _render_procedural(self.family, self.seed, tuple(shape), float(dx_um))
+        return _render_procedural(
+            self.family, self.seed, tuple(shape), float(dx_um), self.contrast, self.component
+        )
 
 
 @lru_cache(maxsize=16)
-def _render_procedural(family: str, seed: int, shape: tuple[int, int], dx_um: float) -> np.ndarray:
+def _render_procedural(
+    family: str,
+    seed: int,
+    shape: tuple[int, int],
+    dx_um: float,
+    contrast: float = 1.0,
+    component: str = "both",
+) -> np.ndarray:
     rng = np.random.default_rng([seed, SAMPLE_FAMILIES.index(family)])
     render = {"cells": _cells, "beads": _beads, "tissue": _tissue, "bars": _bars}[family]
     amplitude, phase = render(rng, shape, dx_um)
-    t = np.clip(amplitude, 0, 1) * np.exp(1j * phase)
+    density = -np.log(np.clip(amplitude, 1e-6, 1))
+    if component == "phase" and not np.any(phase):
+        phase = density / max(float(density.max()), 1e-12)  # a 1 rad etch where chrome was
+    if component == "phase":
+        density = np.zeros_like(density)
+    elif component == "amplitude":
+        phase = np.zeros_like(phase)
+    t = np.exp(-contrast * density) * np.exp(1j * contrast * phase)
     t = t.astype(np.complex64)
     t.setflags(write=False)
     return t
@@ -274,6 +333,21 @@ class ImageSample(Sample):
         return self._cache[key]
 
 
+ZSTACK_FITS = ("crop", "resample")
+
+
+def _plane_noise_variance(plane: np.ndarray) -> float:
+    """Variance of a plane's pixel noise, robust to the sample's own edges (Immerkaer's mask).
+
+    The mask cancels any locally linear intensity; a median keeps the sparse
+    structure of the sample out of the estimate.
+    """
+    mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
+    response = ndimage.convolve(plane, mask, mode="reflect")
+    sigma = 1.4826 * float(np.median(np.abs(response))) / 6.0  # sum(mask**2) = 36
+    return sigma * sigma
+
+
 class ZStackSample:
     """A recorded z-stack replayed by Z: ``(z_um, image)`` pairs at any spacing.
 
@@ -283,6 +357,35 @@ class ZStackSample:
     nearest planes, ``"nearest"`` serves the closest plane. The true focus is
     ``focus_um`` when given, else the Brenner maximum of the stack (refined
     by a parabola through the best plane and its neighbours).
+
+    A plain blend of two recorded planes halves their noise variance
+    midway, which would make every focus measure peak at each recorded plane
+    (a comb with the stack's period, that a sweep can alias into a fake focus
+    peak). Linear interpolation therefore adds fresh noise for the variance
+    the blend removes, estimated from the planes themselves, so the noise
+    level is the same at every Z, as on a microscope.
+
+    Parameters
+    ----------
+    z_um : sequence of float
+        Stage position of each plane (µm), any order and spacing.
+    images : array (N, H, W)
+        The planes.
+    mode : str
+        ``"linear"`` or ``"nearest"``.
+    focus_um : float, optional
+        Known focal plane (µm).
+    fit : str
+        When the planes and the sensor differ in size: ``"crop"`` takes the
+        centre of the planes at their recorded scale (tiling smaller ones),
+        ``"resample"`` scales the whole recorded field onto the sensor.
+    pixel_size_um : float, optional
+        Pixel size of the recorded planes at the sample; with ``"resample"``
+        it gives the effective pixel size of the replayed frames.
+    label : str
+        Name recorded in run metadata.
+    seed : int
+        Seed of the interpolation noise.
     """
 
     def __init__(
@@ -292,7 +395,10 @@ class ZStackSample:
         *,
         mode: str = "linear",
         focus_um: float | None = None,
+        fit: str = "crop",
+        pixel_size_um: float | None = None,
         label: str = "zstack",
+        seed: int = 0,
     ) -> None:
         z = np.asarray(z_um, dtype=np.float64)
         stack = np.asarray(images, dtype=np.float32)
@@ -303,6 +409,13 @@ class ZStackSample:
             )
         if mode not in ("linear", "nearest"):
             raise ValueError(f"ZStackSample mode must be 'linear' or 'nearest', got {mode!r}.")
+        if fit not in ZSTACK_FITS:
+            raise ValueError(
+                f"ZStackSample fit must be 'crop' or 'resample', got {fit!r}; 'crop' keeps "
+                "the recorded scale, 'resample' shows the whole recorded field."
+            )
+        if pixel_size_um is not None and not pixel_size_um > 0:
+            raise ValueError(f"pixel_size_um must be positive, got {pixel_size_um!r}.")
         if len(np.unique(z)) != z.size:
             raise ValueError("ZStackSample z_um values must be distinct.")
         order = np.argsort(z)
@@ -310,11 +423,36 @@ class ZStackSample:
         peak = float(np.percentile(stack, 99.9)) or 1.0
         self.planes = stack[order] / peak
         self.mode = mode
+        self.fit = fit
+        self.pixel_size_um = pixel_size_um
         self.label = label
+        self.noise_variance = np.array([_plane_noise_variance(p) for p in self.planes])
+        self._rng = np.random.default_rng(seed)
         self.focus_um = float(focus_um) if focus_um is not None else self._brenner_focus()
 
-    def describe(self) -> dict:
-        return {"sample": self.label, "sample_family": "zstack"}
+    def effective_pixel_um(self, shape: tuple[int, int]) -> float | None:
+        """Pixel size at the sample of a replayed frame of ``shape`` (None if unknown)."""
+        if self.pixel_size_um is None:
+            return None
+        if self.fit == "crop":
+            return self.pixel_size_um
+        return self.pixel_size_um * max(
+            self.planes.shape[1] / shape[0], self.planes.shape[2] / shape[1]
+        )
+
+    def describe(self, shape: tuple[int, int] | None = None) -> dict:
+        info = {
+            "sample": self.label,
+            "sample_family": "zstack",
+            "zstack_fit": self.fit,
+            "zstack_plane_shape": list(self.planes.shape[1:]),
+            "zstack_mode": self.mode,
+        }
+        if self.pixel_size_um is not None:
+            info["zstack_pixel_size_um"] = self.pixel_size_um
+        if shape is not None and (pixel := self.effective_pixel_um(shape)) is not None:
+            info["zstack_effective_pixel_um"] = pixel
+        return info
 
     def _brenner_focus(self) -> float:
         scores = np.array([brenner(p) for p in self.planes])
@@ -326,14 +464,23 @@ class ZStackSample:
                 return float(np.clip(-b / (2 * a), z3[0], z3[-1]))
         return float(self.z_um[k])
 
+    def _to_sensor(self, plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        if self.fit == "resample" and plane.shape != tuple(shape):
+            zoom = (shape[0] / plane.shape[0], shape[1] / plane.shape[1])
+            return ndimage.zoom(plane, zoom, order=1, mode="nearest", grid_mode=True)
+        return _fit_to_grid(plane, shape, 1.0)
+
     def intensity(self, z_um: float, shape: tuple[int, int]) -> np.ndarray:
         """Relative intensity at stage position ``z_um`` (clamped to the stack's range)."""
         z = float(np.clip(z_um, self.z_um[0], self.z_um[-1]))
         k = int(np.searchsorted(self.z_um, z))
         if self.mode == "nearest" or k == 0:
             k = k if k == 0 else (k if self.z_um[k] - z < z - self.z_um[k - 1] else k - 1)
-            plane = self.planes[k]
-        else:
-            w = (z - self.z_um[k - 1]) / (self.z_um[k] - self.z_um[k - 1])
-            plane = (1 - w) * self.planes[k - 1] + w * self.planes[k]
-        return _fit_to_grid(plane, shape, 1.0)
+            return self._to_sensor(self.planes[k], shape)
+        w = (z - self.z_um[k - 1]) / (self.z_um[k] - self.z_um[k - 1])
+        plane = (1 - w) * self.planes[k - 1] + w * self.planes[k]
+        lost = 2 * w * (1 - w) * ((1 - w) * self.noise_variance[k - 1] + w * self.noise_variance[k])
+        if lost > 0:
+            # resampling onto a coarser grid averages noise too: add it on the plane's grid
+            plane = plane + self._rng.normal(0.0, np.sqrt(lost), plane.shape).astype(np.float32)
+        return self._to_sensor(plane, shape)

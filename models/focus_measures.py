@@ -18,6 +18,7 @@ from numpy.typing import ArrayLike
 __all__ = [
     "FOCUS_MEASURES",
     "brenner",
+    "brenner_noise",
     "fft_bandpass",
     "focus_measure",
     "normalized_variance",
@@ -62,6 +63,36 @@ def brenner(image: ArrayLike) -> float:
     g = _as_image(image)
     diff = g[2:, :] - g[:-2, :]
     return float(np.einsum("ij,ij->", diff, diff))
+
+
+def brenner_noise(image: ArrayLike, variance: ArrayLike) -> float:
+    """Standard deviation of :func:`brenner` caused by pixel noise of the given ``variance``.
+
+    ``variance`` is the noise variance of each pixel (same shape as ``image``,
+    or a scalar), e.g. from the camera's noise model: shot noise
+    ``(g - offset) / gain_e_per_adu`` plus read noise and quantisation, in
+    ADU². The Brenner gradient of a noisy frame is
+    ``sum (d + e)**2 = B + 2 sum d e + sum e**2`` with ``e`` the difference of
+    the noise two rows apart: the linear term's variance is exact, the
+    quadratic term's is approximated by ``2 sum var(e)**2``.
+    """
+    g = _as_image(image)
+    v = np.broadcast_to(np.asarray(variance, dtype=np.float64), g.shape)
+    diff = g[2:, :] - g[:-2, :]
+    # every pixel enters two differences: +d one row pair up, -d the one below
+    coefficient = np.zeros_like(g)
+    coefficient[2:, :] += 2 * diff
+    coefficient[:-2, :] -= 2 * diff
+    # the differences of a noisy frame carry the noise too: remove its share of c**2
+    # (c = 2 (2 n_m - n_(m-2) - n_(m+2)) + signal, so E[c**2] gains 4 (4 v_m + v_(m-2) + v_(m+2)))
+    noise_share = 16 * v
+    noise_share[2:, :] += 4 * v[:-2, :]
+    noise_share[:-2, :] += 4 * v[2:, :]
+    linear = max(float(np.einsum("ij,ij->", coefficient**2 - noise_share, v)), 0.0)
+    pair = v[2:, :] + v[:-2, :]
+    shared = v[2:-2, :]  # e_k and e_(k+2) both contain the pixel two rows up: cov = -v
+    quadratic = 2 * np.einsum("ij,ij->", pair, pair) + 4 * np.einsum("ij,ij->", shared, shared)
+    return float(np.sqrt(linear + quadratic))
 
 
 def normalized_variance(image: ArrayLike) -> float:
