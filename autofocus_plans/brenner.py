@@ -31,7 +31,13 @@ from models.focus_measures import FOCUS_MEASURES
 
 from .exposure import BadExposure, ExposureLimits, judge_exposure
 from .peak import DEFAULT_FALSE_ALARM, PeakVerdict, assess_peak, log_parabola_vertex
-from .results import FocusResult, NoFocusFound, emit_focus_result, optics_metadata
+from .results import (
+    FocusResult,
+    NoFocusFound,
+    NumbersReading,
+    emit_focus_result,
+    optics_metadata,
+)
 from .stubs import approach, depth_of_field_from_devices, stage_field, stage_limits
 
 __all__ = ["FOCUS_METHODS", "brenner_sweep", "fast_focus"]
@@ -90,6 +96,11 @@ class _FocusCurve:
         self.exposure_limits = ExposureLimits.of(camera) if self.exposure is not None else None
         self.exposure_settled = not (check_exposure and self.exposure is not None)
         self.exposure_frames = 0
+        # a child signal of the camera would be dropped from its reading: a reading of our own
+        self.exposure_key = f"{camera.name}_exposure_s"
+        self.exposure_reading = NumbersReading(
+            self.exposure_key, {self.exposure_key: 0.0}, {self.exposure_key: "s"}
+        )
         self.settled_exposure = float(self.exposure.get()) if self.exposure is not None else None
         self.reset()
 
@@ -128,9 +139,11 @@ class _FocusCurve:
             self.resumed = False
             raise _SearchRestart
         yield from self.approach(z)  # from below, whatever the search order
-        # the exposure is read with every frame: frames taken while it was being adjusted
+        # the exposure is recorded with every frame: frames taken while it was being adjusted
         # stay in the run, and replays know to leave them out of the focus curve
-        devices = [self.camera, self.stage] + ([self.exposure] if self.exposure else [])
+        devices = [self.camera, self.stage]
+        if self.exposure is not None:
+            devices.append(self.exposure_reading.update({self.exposure_key: self.exposure.get()}))
         reading = yield from bps.trigger_and_read(devices)
         while not self.exposure_settled and reading:
             new = self._judge_exposure(reading)
@@ -140,6 +153,7 @@ class _FocusCurve:
                 break
             yield from bps.mv(self.exposure, new)
             self.exposure_frames += 1
+            devices[-1] = self.exposure_reading.update({self.exposure_key: new})
             reading = yield from bps.trigger_and_read(devices)
         value = float(reading[self.key]["value"]) if reading else math.nan
         self.z.append(z)

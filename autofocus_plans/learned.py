@@ -167,12 +167,17 @@ def collect_training_set(
     return uids
 
 
+# configuration that says what is imaged or how long, not through which optics
+_NOT_OPTICS = {"camera_scene", "camera_exposure_time", "camera_min_exposure_s"}
+_NOT_OPTICS |= {"camera_max_exposure_s"}
+
+
 def check_model_optics(model, camera, led, pattern: str) -> None:
     """Refuse a model trained for other optics, naming the first field that differs."""
     trained = model.metadata.get("optics", {})
     current = optics_metadata(camera, led) | {"led_pattern": pattern}
     for key, value in trained.items():
-        if value is None:  # not recorded at training time: nothing to compare
+        if value is None or key in _NOT_OPTICS:  # nothing to compare
             continue
         if key not in current:
             raise ValueError(

@@ -114,7 +114,7 @@ def _search_rows(table: dict[str, np.ndarray], start: dict) -> np.ndarray:
     """
     rows = np.ones(len(next(iter(table.values()), [])), dtype=bool)
     for detector in start.get("detectors", []):
-        exposure = table.get(f"{detector}_exposure_time")
+        exposure = table.get(f"{detector}_exposure_s")
         if exposure is not None and len(exposure):
             rows &= exposure == exposure[-1]
     return rows

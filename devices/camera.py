@@ -9,6 +9,7 @@ fraction) are ordinary readings, like an areaDetector Stats plugin.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -88,9 +89,12 @@ class SimCamera(Device):
     ``<name>_mean``, ``<name>_max``, ``<name>_saturated_fraction``; the image
     ``<name>_image`` is external (HDF5). Configuration: exposure time (s) and
     its range, gain, binning, ROI (unbinned sensor pixels), pixel size at the
-    sample (µm), bit depth, and the noise model as a camera datasheet gives
-    it (EMVA 1288): black level ``offset_adu``, ``read_noise_e`` and
-    ``electrons_per_adu`` (which follows the gain).
+    sample (µm), bit depth, the noise model as a camera datasheet gives it
+    (EMVA 1288): black level ``offset_adu``, ``read_noise_e`` and
+    ``electrons_per_adu`` (which follows the gain), and ``scene``, the
+    simulator's description of what is under the lens (JSON: the sample,
+    and for a recorded z-stack whether it is cropped or resampled to the
+    sensor).
     """
 
     image = Cpt(Signal, kind="omitted")
@@ -117,6 +121,7 @@ class SimCamera(Device):
     roi_height = Cpt(_CheckedSignal, value=0, check=_roi_value, kind="config")
     pixel_size_um = Cpt(Signal, value=0.0, kind="config")
     bit_depth = Cpt(Signal, value=12, kind="config")
+    scene = Cpt(Signal, value="", kind="config")
     offset_adu = Cpt(Signal, value=0.0, kind="config")
     read_noise_e = Cpt(Signal, value=0.0, kind="config")
     electrons_per_adu = Cpt(Signal, value=1.0, kind="config")
@@ -207,6 +212,22 @@ class SimCamera(Device):
         return (s.roi[3] // s.binning, s.roi[2] // s.binning)
 
     # -- bluesky protocol ---------------------------------------------------------
+    def _refresh_scene(self) -> None:
+        sample = self._model.sample
+        try:
+            info = sample.describe(self._model.sensor.shape)
+        except TypeError:  # samples whose description does not depend on the sensor
+            info = sample.describe()
+        self.scene.put(json.dumps(info, sort_keys=True))
+
+    def read_configuration(self):
+        self._refresh_scene()
+        return super().read_configuration()
+
+    def describe_configuration(self):
+        self._refresh_scene()
+        return super().describe_configuration()
+
     def describe(self):
         desc = super().describe()
         h, w = self.frame_shape()

@@ -427,7 +427,8 @@ class ZStackSample:
         self.pixel_size_um = pixel_size_um
         self.label = label
         self.noise_variance = np.array([_plane_noise_variance(p) for p in self.planes])
-        self._rng = np.random.default_rng(seed)
+        # a stream of its own: default_rng(seed) could replay the very noise in the planes
+        self._rng = np.random.default_rng([seed, 0x2A57AC])
         self.focus_um = float(focus_um) if focus_um is not None else self._brenner_focus()
 
     def effective_pixel_um(self, shape: tuple[int, int]) -> float | None:

@@ -1,0 +1,86 @@
+"""The peak-acceptance test on focus curves with known answers (no microscope needed)."""
+
+import numpy as np
+import pytest
+
+from autofocus_plans.peak import assess_peak
+
+DOF = 4.0
+Z = np.linspace(-22.0, 22.0, 23)  # a sweep of ±5.5 DOF, half a DOF apart
+
+
+def _peak(z, center, sigma, height=1.0, tail=1.0):
+    u2 = ((z - center) / sigma) ** 2
+    return height * (1 + u2 / (2 * tail)) ** -tail  # Pearson VII: Brenner-like heavy tails
+
+
+def test_white_noise_curves_are_refused_at_the_stated_rate():
+    rng = np.random.default_rng(7)
+    accepted = sum(
+        assess_peak(Z, 1000 + rng.standard_normal(Z.size), depth_of_field_um=DOF).found
+        for _ in range(400)
+    )
+    # false_alarm = 1e-3: 0.4 expected; 3 or more would contradict the calibration
+    assert accepted <= 2
+
+
+@pytest.mark.parametrize("relative_noise", [0.002, 0.005])
+def test_a_noisy_low_contrast_peak_is_found_where_it_is(relative_noise):
+    rng = np.random.default_rng(3)
+    for center in (-13.0, 0.7, 9.9):
+        values = 100.0 * (1 + 0.09 * _peak(Z, center, 0.8 * DOF))  # varies by 9 %
+        values *= 1 + relative_noise * rng.standard_normal(Z.size)
+        verdict = assess_peak(Z, values, depth_of_field_um=DOF)
+        assert verdict.found, verdict.reason
+        assert abs(verdict.center - center) < 0.1 * DOF
+        assert verdict.significance >= verdict.threshold
+        assert 0.3 < verdict.width_dof < 2
+
+
+def test_a_single_high_exposure_is_not_a_focus():
+    rng = np.random.default_rng(5)
+    values = 1000 + rng.standard_normal(Z.size)
+    values[8] += 40  # a vibration or a bright transient in one frame
+    verdict = assess_peak(Z, values, depth_of_field_um=DOF)
+    assert not verdict.found and verdict.failed == "support"
+    assert "single exposure" in verdict.reason
+
+
+def test_two_comparable_peaks_are_ambiguous():
+    rng = np.random.default_rng(2)
+    values = 100 + 30 * _peak(Z, -12, 2.0) + 27 * _peak(Z, 10, 2.0) + rng.standard_normal(Z.size)
+    verdict = assess_peak(Z, values, depth_of_field_um=DOF)
+    assert not verdict.found and verdict.failed == "ambiguous"
+    assert verdict.second_peak_ratio > 0.5
+
+
+def test_a_curve_still_rising_at_the_edge_asks_for_a_longer_range():
+    rng = np.random.default_rng(4)
+    values = 100 + 50 * _peak(Z, 24.0, 3.0) + 0.1 * rng.standard_normal(Z.size)
+    verdict = assess_peak(Z, values, depth_of_field_um=DOF)
+    assert not verdict.found and verdict.failed == "open"
+    assert verdict.extra["side"] == "upper"
+
+
+def test_saturated_frames_are_named_as_the_cause():
+    values = 100 + 50 * _peak(Z, 0.0, 3.0)
+    verdict = assess_peak(Z, values, depth_of_field_um=DOF, saturated_fraction=np.full(Z.size, 0.4))
+    assert not verdict.found and verdict.failed == "saturated"
+    assert "40% of the pixels are saturated" in verdict.reason
+    assert "lower exposure_time or the LED brightness" in verdict.reason
+
+
+def test_camera_noise_is_a_floor_under_the_data_noise():
+    values = 100 + 5 * _peak(Z, 0.0, 3.0)  # noise-free: only the camera can say how noisy
+    quiet = assess_peak(Z, values, depth_of_field_um=DOF)
+    noisy = assess_peak(Z, values, depth_of_field_um=DOF, camera_noise=np.full(Z.size, 2.0))
+    assert quiet.found
+    assert noisy.noise == pytest.approx(2.0) and noisy.noise_source == "camera"
+    assert not noisy.found and noisy.failed == "significance"
+
+
+def test_bad_arguments_are_clear():
+    with pytest.raises(ValueError, match="depth_of_field_um must be positive"):
+        assess_peak(Z, Z, depth_of_field_um=0)
+    verdict = assess_peak(Z[:3], Z[:3], depth_of_field_um=DOF)
+    assert verdict.failed == "points" and "at least 5 needed" in verdict.reason
