@@ -17,6 +17,7 @@ taken before the pause.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from typing import Any
@@ -498,22 +499,24 @@ def _parabola_refine(curve: _FocusCurve, tolerance_um: float, budget: int, false
 
     Half a depth of field is where a focus peak is still high but already
     curved, so the pair pins its top down and the fit over all samples does
-    the rest. Only when the peak test is not yet convinced does another
-    exposure go to the current estimate of the top.
+    the rest. While the peak test is not yet convinced (a faint peak in
+    noise), more exposures go to the top and the shoulders of the current
+    estimate, repeats included: each is a new look through the noise.
     """
     estimate = _vertex_estimate(curve)
     half = max(0.5 * curve.dof_um, tolerance_um)
     for z in (estimate - half, estimate + half):
         if curve.exposures < budget:
             yield from curve.measure(float(np.clip(z, curve.low, curve.high)))
-    while curve.exposures < budget:
-        verdict = curve.verdict(false_alarm)
-        if verdict.found or verdict.failed in ("saturated", "points"):
+    offsets = (0.0, -0.8, 0.8, 0.0, -0.3, 0.3)
+    for k in itertools.count():
+        if curve.exposures >= budget:
             return
-        target = _vertex_estimate(curve)
-        if min(abs(np.asarray(curve.z) - target)) <= tolerance_um:
-            return  # nothing new to learn there
-        yield from curve.measure(target)
+        verdict = curve.verdict(false_alarm)
+        if verdict.found or verdict.failed in ("saturated", "points", "ambiguous", "open"):
+            return
+        target = _vertex_estimate(curve) + offsets[k % len(offsets)] * curve.dof_um
+        yield from curve.measure(float(np.clip(target, curve.low, curve.high)))
 
 
 def fast_focus(
@@ -523,7 +526,7 @@ def fast_focus(
     start: float = -20.0,
     stop: float = 20.0,
     *,
-    tolerance_um: float = 0.5,
+    tolerance_um: float = 0.0,
     method: str = "coarse_to_fine",
     coarse_points: int = 0,
     max_exposures: int = 15,
@@ -544,8 +547,9 @@ def fast_focus(
     samples), brackets the peak, extending the range while the peak is open
     on one side; then ``method`` refines it: ``"coarse_to_fine"`` places a
     pair of exposures half a DOF either side of the vertex of a parabola
-    through log(measure), and more at the top only while the peak test is
-    not yet convinced; ``"golden"`` runs a golden-section search inside the
+    through log(measure), and more at the top and the shoulders only while
+    the peak test is not yet convinced (up to ``max_exposures``);
+    ``"golden"`` runs a golden-section search inside the
     bracket down to ``tolerance_um``. The same peak test as
     :func:`brenner_sweep` judges all the samples, and the focus is the fit
     over them.
@@ -561,8 +565,9 @@ def fast_focus(
     start, stop : float
         Search range in µm, relative to the current position unless ``relative`` is False.
     tolerance_um : float
-        Golden-section: width of the final bracket. Coarse-to-fine: the
-        smallest spacing worth another exposure.
+        Golden-section: half-width of the final bracket (0, the default, is a
+        tenth of the depth of field). Coarse-to-fine: the smallest half-width
+        of its pair of exposures around the vertex.
     method : str
         ``"coarse_to_fine"`` or ``"golden"``.
     coarse_points : int
@@ -589,13 +594,15 @@ def fast_focus(
         raise ValueError(f"Unknown fast_focus method {method!r}; choose one of {FOCUS_METHODS}.")
     if coarse_points and coarse_points < 5:
         raise ValueError(f"fast_focus needs at least 5 coarse points, got {coarse_points}.")
-    if tolerance_um <= 0:
-        raise ValueError(f"tolerance_um must be positive, got {tolerance_um}.")
+    if tolerance_um < 0:
+        raise ValueError(
+            f"tolerance_um must be positive (or 0 for a tenth of a DOF), got {tolerance_um}."
+        )
 
     def search(curve, low, high):
-        points = (
-            coarse_points or int(np.clip(np.ceil((high - low) / (1.6 * curve.dof_um)), 4, 30)) + 1
-        )
+        tolerance = tolerance_um or 0.1 * curve.dof_um
+        span_dof = (high - low) / curve.dof_um
+        points = coarse_points or int(np.clip(np.ceil(span_dof / 1.6), 4, 30)) + 1
         yield from curve.scan(np.linspace(low, high, points))
         step = (high - low) / (points - 1)
         _, extensions = yield from _judge(curve, step, 2, max_extensions, false_alarm)
@@ -604,10 +611,12 @@ def fast_focus(
         k = int(np.argmax(values))
         if method == "golden":
             a, b = z[max(k - 1, 0)], z[min(k + 1, len(z) - 1)]
-            yield from _golden_refine(curve, a, b, tolerance_um, budget)
+            yield from _golden_refine(curve, a, b, tolerance, budget)
         else:
-            yield from _parabola_refine(curve, tolerance_um, budget, false_alarm)
-        return curve.verdict(false_alarm), extensions
+            yield from _parabola_refine(curve, tolerance, budget, false_alarm)
+        # the refined peak may still be open towards one edge: extend there too
+        verdict, more = yield from _judge(curve, step, 2, max_extensions - extensions, false_alarm)
+        return verdict, extensions + more
 
     return (
         yield from _focus_plan(

@@ -117,6 +117,9 @@ def collect_training_set(
     half_range = defocus_range_dof * dof
     uids: list[str] = []
     for field_position in fields:
+        # a pause waits for the field in progress: its shots are labelled with the focus
+        # found just before them, which a pause (drift, a moved stage) could make stale
+        yield from bps.checkpoint()
         if fov is not None:
             yield from bps.mv(fov, field_position)
         sweep = yield from brenner_sweep(
@@ -309,6 +312,7 @@ def cnn_focus(
         reading = NumbersReading("prediction", {"predicted_defocus_um": 0.0, "shot": 0.0})
         z = origin
         for shot in range(max_shots):
+            yield from bps.checkpoint()  # each shot measures afresh: a pause here loses nothing
             yield from bps.trigger_and_read([camera, stage])
             exposures += 1
             dz = _predict(model, camera)
@@ -358,8 +362,10 @@ def cnn_focus(
         raise RuntimeError(f"cnn_focus could not trust the model: {state['reason']}.")
     yield from approach(stage, origin, approach_um)
     search = fast_focus if fallback == "fast_focus" else brenner_sweep
+    # search where the model was trained to see, a little wider
+    reach = 1.1 * max(abs(low_range), abs(high_range))
     rescue = yield from search(
-        camera, stage, led, md={"fallback_for": result.run_uid, **(md or {})}
+        camera, stage, led, -reach, reach, md={"fallback_for": result.run_uid, **(md or {})}
     )
     rescue.fell_back = True
     rescue.exposures += result.exposures
@@ -437,6 +443,7 @@ def track_focus(
         t0 = time.monotonic()
         reading = NumbersReading("tracking", {})
         for i in range(num):
+            yield from bps.checkpoint()
             deadline = t0 + i * interval_s
             wait = deadline - time.monotonic()
             if wait > 0:

@@ -9,17 +9,19 @@ by more than its noise could explain. :func:`assess_peak` decides that:
    :data:`PLAUSIBLE_WIDTH_DOF` (a Brenner peak is never much narrower than
    the depth of field, nor many depths of field wide) and tails from
    Gaussian to Lorentzian (Pearson VII). The best one is the candidate.
-2. **Noise.** The noise of the measure is the larger of the scatter of the
-   samples about that candidate (which also catches structure that is not
-   a focus peak, such as a recorded z-stack's own noise) and, where the
-   camera reports it, the noise its own model predicts for each frame
-   (shot noise, read noise, quantisation).
+2. **Noise.** Where the camera reports the noise its own model predicts
+   for each frame (shot noise, read noise, quantisation) and the scatter of
+   the samples on the candidate's baseline is no larger than that (a
+   chi-square test), the noise is known. Otherwise it is that scatter, which
+   also catches structure that is not a focus peak, such as a recorded
+   z-stack's own noise, or a peak shape no template quite matches.
 3. **Significance.** The candidate's height above the baseline, in units of
    that noise, is compared with what curves without any peak reach on the
    same Z positions: the threshold is the ``1 - false_alarm`` quantile of
-   the same statistic on simulated peak-free curves (white noise), so it
-   accounts for the search over centres and widths and for the number of
-   samples. It is computed once per sampling pattern and cached.
+   the same statistic on simulated peak-free curves (white noise; with the
+   noise known or estimated, as the case may be), so it accounts for the
+   search over centres and widths and for the number of samples. It is
+   computed once per sampling pattern and cached.
 4. **Support.** Without its highest sample, the other samples must still
    show the same peak (its amplitude, refitted with centre and width
    fixed, significant by a t-test): a single exposure (a vibration, a noise
@@ -30,9 +32,9 @@ by more than its noise could explain. :func:`assess_peak` decides that:
    such as the beat between a replayed z-stack's planes and the sweep's
    steps make the curve ambiguous, and no statistic can say which peak is
    focus.
-6. **Closed.** The peak must come down inside the sampled range on both
-   sides, by more than the noise threshold; otherwise the range is too
-   short or the sample featureless.
+6. **Closed.** The fitted peak must come down at both ends of the sampled
+   range by more than the noise explains (one-sided, at ``false_alarm``);
+   otherwise the range is too short or the sample featureless.
 
 The figures behind the decision travel in the :class:`PeakVerdict`; its
 ``reason`` names the criterion that failed.
@@ -263,7 +265,8 @@ def _bank(z_dof: np.ndarray) -> _Bank:
 def _best_peak(bank: _Bank, values: np.ndarray):
     """Least-squares best template for each row of ``values`` (K, n).
 
-    Returns (index, amplitude, noise, height/noise) per row. The noise is the
+    Returns (index, amplitude, noise, height/noise, height, degrees of freedom
+    of the noise) per row. The noise is the
     scatter of the residuals on the baseline, outside the peak's upper half:
     near its top a real peak's shape never quite matches any template, and
     that mismatch grows with the peak instead of telling its noise.
@@ -283,23 +286,34 @@ def _best_peak(bank: _Bank, values: np.ndarray):
     base_rms = np.sqrt(np.where(baseline, squares, 0).sum(axis=1) / np.maximum(count - 1, 1))
     all_rms = np.sqrt(squares.sum(axis=1) / max(values.shape[1] - _FITTED_PARAMETERS, 1))
     noise = np.where(enough, base_rms, all_rms)
+    dof = np.where(enough, np.maximum(count - 1, 1), max(values.shape[1] - _FITTED_PARAMETERS, 1))
     height = a * bank.top[best]
     with np.errstate(divide="ignore", invalid="ignore"):
         score = np.where(noise > 0, height / noise, np.where(height > 0, np.inf, 0.0))
-    return best, a, noise, score
+    return best, a, noise, score, height, dof
 
 
 @lru_cache(maxsize=256)
-def _threshold(pattern: tuple[float, ...], false_alarm: float) -> float:
-    """``1 - false_alarm`` quantile of the statistic on peak-free white-noise curves."""
+def _threshold(pattern: tuple[float, ...], false_alarm: float) -> tuple[float, float]:
+    """``1 - false_alarm`` quantiles of the statistic on peak-free white-noise curves.
+
+    The first is for the height over the noise estimated from the curve, the
+    second for the height over a noise known beforehand (the camera's).
+    """
     z = np.asarray(pattern)
     bank = _bank(z)
     rng = np.random.default_rng(20261127)
-    scores = []
+    estimated, known = [], []
     for _ in range(max(1, _NULL_CURVES // 2048)):
         noise = rng.standard_normal((2048, len(z)))
-        scores.append(_best_peak(bank, noise)[3])
-    return float(np.quantile(np.concatenate(scores), 1 - false_alarm))
+        _, _, _, score, height, _ = _best_peak(bank, noise)
+        estimated.append(score)
+        known.append(height)
+    quantile = 1 - false_alarm
+    return (
+        float(np.quantile(np.concatenate(estimated), quantile)),
+        float(np.quantile(np.concatenate(known), quantile)),
+    )
 
 
 def _pattern(z_dof: np.ndarray) -> tuple[float, ...]:
@@ -308,19 +322,33 @@ def _pattern(z_dof: np.ndarray) -> tuple[float, ...]:
     return tuple(np.round(20 * (z_dof - z_dof[0])) / 20)
 
 
-def _significance(z_dof: np.ndarray, values: np.ndarray, noise_floor: float, false_alarm: float):
+def _significance(z_dof: np.ndarray, values: np.ndarray, camera_sigma: float, false_alarm: float):
+    """The best peak's height over the noise, and the height the pattern needs.
+
+    When the camera predicts the noise and the scatter on the baseline is no
+    larger than that prediction allows (a chi-square test at ``false_alarm``),
+    the noise is known and the stronger known-noise threshold applies; else
+    the noise is the scatter itself, with its own, higher threshold.
+    """
     bank = _bank(z_dof)
-    best, amplitude, rms, _ = _best_peak(bank, values[None, :])
+    best, amplitude, rms, _, height, dof = _best_peak(bank, values[None, :])
     k = int(best[0])
-    noise = max(float(rms[0]), noise_floor)
-    height = float(amplitude[0] * bank.top[k])
+    rms, height, dof = float(rms[0]), float(height[0]), int(dof[0])
+    estimated_threshold, known_threshold = _threshold(_pattern(z_dof), false_alarm)
+    consistent = camera_sigma > 0 and rms**2 <= camera_sigma**2 * (
+        stats.chi2.ppf(1 - false_alarm, dof) / dof
+    )
+    if consistent:
+        noise, threshold, source = camera_sigma, known_threshold, "camera"
+    else:
+        noise, threshold, source = max(rms, camera_sigma), estimated_threshold, "data"
     score = height / noise if noise > 0 else (math.inf if height > 0 else 0.0)
-    threshold = _threshold(_pattern(z_dof), false_alarm)
     return {
         "score": score,
         "threshold": threshold,
         "noise": noise,
-        "rms": float(rms[0]),
+        "noise_source": source,
+        "rms": rms,
         "height": height,
         "amplitude": float(amplitude[0]),
         "center": float(bank.centers[k]),
@@ -489,7 +517,7 @@ def assess_peak(
         "significance": main["score"],
         "threshold": main["threshold"],
         "noise": main["noise"],
-        "noise_source": "camera" if camera_sigma >= main["rms"] and camera_sigma > 0 else "data",
+        "noise_source": main["noise_source"],
         "residual_noise": main["rms"],
         "height": main["height"],
         "baseline": baseline,
@@ -551,8 +579,9 @@ def assess_peak(
             "range too short",
             **figures,
         )
-    # closed: the fitted peak must come down on both sides within the sampled range
-    drop_needed = main["threshold"] * main["noise"]
+    # closed: the fitted peak must come down at both ends of the range by more than the
+    # noise explains there (one place each, so a one-sided normal quantile)
+    drop_needed = float(stats.norm.ppf(1 - false_alarm)) * main["noise"]
     shape = main["amplitude"] * main["template"]
     peak_value = main["height"]
     for side, edge_value in (("lower", shape[0]), ("upper", shape[-1])):

@@ -162,3 +162,19 @@ def test_focus_drift_and_random_walk_follow_the_clock():
     assert steady.at_center() == pytest.approx(18.0)
     spread = np.std([w.at_center() for w in walkers])
     assert spread == pytest.approx(2.0, rel=0.15)  # sigma * sqrt(t)
+
+
+def test_camera_reports_the_noise_of_its_brenner_value(tmp_path):
+    mic = SimMicroscope("tissue", seed=3, frames_dir=tmp_path, time_scale=0, z_start_um=6.0)
+    values, predicted = [], []
+    for _ in range(150):
+        mic.camera.snap()
+        values.append(mic.camera.brenner.get())
+        predicted.append(mic.camera.brenner_noise.get())
+    assert np.median(predicted) == pytest.approx(np.std(values), rel=0.15)
+    config = mic.camera.read_configuration()
+    assert config["camera_electrons_per_adu"]["value"] == pytest.approx(20000 / 4095)
+    mic.camera.gain.put(2.0)
+    assert mic.camera.electrons_per_adu.get() == pytest.approx(20000 / 4095 / 2)
+    with pytest.raises(ValueError, match="outside the camera's range"):
+        mic.camera.exposure_time.put(60.0)

@@ -57,3 +57,19 @@ def test_bad_input_gives_clear_error(name, bad, message):
 def test_unknown_measure_name():
     with pytest.raises(ValueError, match="Unknown focus measure 'sharpness'; choose one of"):
         focus_measure("sharpness")
+
+
+def test_brenner_noise_predicts_the_scatter_of_noisy_frames():
+    from models.focus_measures import brenner_noise
+
+    rng = np.random.default_rng(1)
+    clean = 1000 + 200 * np.sin(np.arange(48)[:, None] / 2.5) * np.cos(np.arange(40)[None, :] / 4)
+    variance = clean / 5.0  # shot noise of 5 electrons per ADU
+    noisy = [clean + rng.normal(0, np.sqrt(variance)) for _ in range(1500)]
+    measured = np.std([brenner(frame) for frame in noisy])
+    # predicted from one noisy frame, as a camera does it
+    assert brenner_noise(noisy[0], variance) == pytest.approx(measured, rel=0.1)
+    flat = [1000 + rng.normal(0, 10, (48, 40)) for _ in range(1500)]
+    assert brenner_noise(flat[0], 100.0) == pytest.approx(
+        np.std([brenner(f) for f in flat]), rel=0.1
+    )
