@@ -90,7 +90,8 @@ def cmd_runs(args) -> int:
     count, summaries = listed if listed is not None else _runs_through_tiled(args)
     table = Table(title=f"{count} run(s)")
     for column in ("time", "uid", "plan", "sample", "status", "result"):
-        table.add_column(column)
+        # a wrapped status or time is hard to read (and to grep): squeeze the others
+        table.add_column(column, no_wrap=column in ("time", "uid", "status"))
     for s in summaries:
         status = s.exit_status
         if status.startswith(("incomplete", "running")):
@@ -159,16 +160,16 @@ def cmd_replay(args) -> int:
     fields = list(start.get("motors") or [])
     metric = start.get("metric", "brenner")
     fields += [f"{d}_{metric}" for d in start.get("detectors", [])]
-    count = replay(run, LiveTable(fields or None))
+    count = replay(run, LiveTable(fields))
     note = "" if run_stop(run) else " (no stop document: the run is running or incomplete)"
     print(f"replayed {count} documents of run {start['uid'][:8]}{note}")
     if args.plot:
         from .plots import plot_focus_curve
 
-        _motor, z, measure, values = focus_curve(run)
-        if not len(z):
+        if "primary" not in run or not len(load_table(run)["time"]):
             print(f"run {start['uid'][:8]} holds no events yet; no focus curve written")
             return 0
+        _motor, z, measure, values = focus_curve(run)
         best = None
         if "focus_result" in run:
             best_z = load_table(run, "focus_result").get("best_z", [])

@@ -292,7 +292,10 @@ def _finish(run, info: dict[str, Any]) -> RecoveredRun:
     now = time.time()
     when = dt.datetime.fromtimestamp(now).strftime("%Y-%m-%d %H:%M:%S")
     if info:
-        why = f"The process writing this run (pid {info.get('pid')} on {info.get('host')}) died"
+        why = (
+            f"The process writing this run (pid {info.get('pid')} on {info.get('host')}) "
+            "died before the run ended"
+        )
     else:
         why = "The run had no stop document (its writer died or never closed it)"
     stored = sum(counts.values())

@@ -67,7 +67,7 @@ def test_data_persist_across_processes(tmp_path):
         from bluesky import RunEngine
         from autofocus_plans import open_catalog, subscribe_catalog
         from devices import SimMicroscope
-        catalog = open_catalog({str(location)!r})
+        catalog = open_catalog({str(location)!r}, create=True)
         mic = SimMicroscope("bars", seed=3, time_scale=0)
         RE = RunEngine({{}})
         subscribe_catalog(RE, catalog, cameras=[mic.camera])
@@ -111,7 +111,7 @@ def test_unwritable_catalogue_path_fails_before_any_exposure(tmp_path, mic):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the catalogue folder should be")
     with pytest.raises(CatalogError, match=r"Cannot write the catalogue at .*choose a folder"):
-        open_catalog(blocker / "catalog")
+        open_catalog(blocker / "catalog", create=True)
     assert mic.camera.last_frame is None
 
 
@@ -149,3 +149,41 @@ def test_unreachable_server_is_one_sentence():
         CatalogError, match=r"Cannot reach the catalogue server at http://127.0.0.1:9"
     ):
         open_catalog("http://127.0.0.1:9", api_key="x")
+
+
+# -- where a catalogue may be opened or created ---------------------------------------------
+@pytest.mark.parametrize(
+    "location", ["htp://127.0.0.1:8765", "http:///no-host", "ftp://example.org/catalog"]
+)
+def test_url_that_is_not_http_with_a_host_is_refused(tmp_path, monkeypatch, location):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CatalogError, match=r"is not a catalogue server URL: give http://HOST"):
+        open_catalog(location)
+    assert list(tmp_path.iterdir()) == []  # no folder named after the typo
+
+
+def test_folder_that_is_not_a_catalogue_is_refused_even_with_create(tmp_path):
+    folder = tmp_path / "my-thesis"
+    folder.mkdir()
+    (folder / "chapter1.tex").write_text("precious")
+    for create in (False, True):
+        with pytest.raises(CatalogError, match=r"is a folder but not a catalogue .*--create"):
+            open_catalog(folder, create=create)
+    assert sorted(p.name for p in folder.iterdir()) == ["chapter1.tex"]
+    with pytest.raises(CatalogError, match=r"is a file, not a catalogue folder"):
+        open_catalog(folder / "chapter1.tex")
+
+
+def test_new_catalogue_only_with_create_or_at_the_default_location(tmp_path, monkeypatch):
+    typo = tmp_path / "catalgo"
+    with pytest.raises(CatalogError, match=r"There is no catalogue at .*catalgo.*--create"):
+        open_catalog(typo)
+    assert not typo.exists()
+    assert len(open_catalog(typo, create=True)) == 0
+    assert (typo / "catalog.db").is_file()
+    assert len(open_catalog(typo)) == 0  # now it is one: no create needed
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AUTOFOCUS_CATALOG", raising=False)
+    open_catalog()
+    assert (tmp_path / "autofocus-data" / "catalog.db").is_file()
