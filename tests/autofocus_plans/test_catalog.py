@@ -187,3 +187,46 @@ def test_new_catalogue_only_with_create_or_at_the_default_location(tmp_path, mon
     monkeypatch.delenv("AUTOFOCUS_CATALOG", raising=False)
     open_catalog()
     assert (tmp_path / "autofocus-data" / "catalog.db").is_file()
+
+
+def test_quick_listing_reads_the_same_rows_as_tiled(catalog_RE, catalog, mic):
+    """`autofocus runs` reads an embedded catalogue's SQLite files directly; same rows."""
+    import time
+
+    from autofocus_plans import brenner_sweep, find_runs
+    from autofocus_plans.durable import DurableWriter, RunLeases, lease_dir_for
+    from autofocus_plans.replay import iterate_runs, summarize_run
+    from autofocus_plans.runlist import quick_summaries
+
+    sweep = catalog_RE(
+        brenner_sweep(mic.camera, mic.z, mic.led, -10, 10, 11, md={"sample": "cells:1"})
+    ).plan_result
+    (uid_count,) = catalog_RE(bp.count([mic.camera], 2), sample="beads:2").run_start_uids
+    middle = time.time()
+    from bluesky import RunEngine
+
+    writer = DurableWriter(catalog, lease_dir=None)
+    cut_short = RunEngine({})  # a writer that dies before the stop document
+    cut_short.subscribe(lambda name, doc: name != "stop" and writer(name, doc))
+    cut_short(bp.count([mic.camera], 1), sample="beads:2")
+
+    leases = RunLeases(lease_dir_for(catalog))
+    filters = [
+        {},
+        {"plan_name": "count"},
+        {"sample": "beads:2"},
+        {"since": middle},
+        {"until": middle},
+        {"plan_name": "brenner_sweep", "since": "2000-01-01", "until": "2999-12-31 23:59"},
+        {"limit": 2},
+    ]
+    for query in filters:
+        query = {"limit": 20} | query
+        limit = query.pop("limit")
+        results = find_runs(catalog, **query)
+        rows = [summarize_run(r, leases) for r in iterate_runs(results, limit)]
+        assert quick_summaries(catalog.autofocus_root, limit=limit, **query) == (len(results), rows)
+    count, rows = quick_summaries(catalog.autofocus_root)
+    assert count == 3
+    assert [r.exit_status for r in rows] == ["incomplete (no stop)", "success", "success"]
+    assert rows[1].uid == uid_count[:8] and rows[2].result == f"best z {sweep.best_z:.2f} µm"
