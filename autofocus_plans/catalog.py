@@ -60,6 +60,12 @@ CATALOG_DB = "catalog.db"
 # refused connection for up to 45 s (stamina back-off), far too long for a typo.
 SERVER_PROBE_TIMEOUT_S = 2.5
 
+# One API key for every embedded catalogue of this process. Tiled keeps server settings in
+# one process-wide object that each in-process app overwrites, so two embedded catalogues
+# opened with different keys would lock the first one's client out (HTTP 401). The key
+# never leaves the process: embedded catalogues have no network socket.
+_EMBEDDED_API_KEY = secrets.token_hex(16)
+
 BLUESKY_SPECS = [{"name": "CatalogOfBlueskyRuns", "version": "3.0"}]
 JSON_SEQ_EXPORTER = {
     "BlueskyRun": {"application/json-seq": "bluesky_tiled_plugins.exporters:json_seq_exporter"}
@@ -157,7 +163,7 @@ def _open_embedded(root: Path, *, create: bool):
         for sub in ("data", "frames"):
             with contextlib.suppress(OSError):
                 (root / sub).mkdir(exist_ok=True)
-    app = build_app_from_config(catalog_config(root, init=new))
+    app = build_app_from_config(catalog_config(root, api_key=_EMBEDDED_API_KEY, init=new))
     context = Context.from_app(app)
     client = from_context(context)
     client.autofocus_frames_dir = root / "frames"
