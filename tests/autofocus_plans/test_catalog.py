@@ -230,3 +230,10 @@ def test_quick_listing_reads_the_same_rows_as_tiled(catalog_RE, catalog, mic):
     assert count == 3
     assert [r.exit_status for r in rows] == ["incomplete (no stop)", "success", "success"]
     assert rows[1].uid == uid_count[:8] and rows[2].result == f"best z {sweep.best_z:.2f} µm"
+
+
+def test_two_embedded_catalogues_in_one_process(catalog, tmp_path):
+    # Tiled's server settings are process-wide: a second in-process catalogue once
+    # replaced the API key and locked the first one's client out (HTTP 401)
+    other = open_catalog(tmp_path / "other", create=True)
+    assert (len(catalog), len(other)) == (0, 0)
