@@ -8,8 +8,7 @@ layout of such a folder::
     tables.db           event tables (SQLite)
     data/               other written data
     frames/             camera HDF5 files (readable storage: the catalogue serves them)
-    running/            one lock file per run being written (see ``durable``)
-    unsaved-documents/  documents the catalogue refused mid-run, as JSON lines
+    running/            one journal per run being written (see ``durable``)
 
 An ``http(s)://`` URL gives a client of a Tiled server; the API key comes
 from the ``TILED_API_KEY`` environment variable (or the ``api_key``
@@ -308,12 +307,12 @@ def subscribe_catalog(RE, catalog, cameras: Iterable[Any] = (), *, durable: bool
     cameras : iterable of devices
         Cameras whose ``write_dir`` is pointed at the catalogue's frames folder.
     durable : bool
-        Write every event to the catalogue as it arrives and hold a lock file
-        per run in progress (default), so that a process killed mid-run loses
-        at most the event being written and the run can be recovered and
-        marked incomplete (:func:`autofocus_plans.durable.recover_runs`).
-        ``False`` gives Bluesky's default batched writer (faster for bulk
-        imports; a killed process loses every event of its run).
+        Journal every document (one locked, ``fdatasync``-ed JSON-lines file
+        per run in ``running/``) before Bluesky's batched catalogue writer sees
+        it (default), so that a process killed mid-run loses at most the event
+        being written and the run can be recovered and marked incomplete
+        (:func:`autofocus_plans.durable.recover_runs`). ``False`` gives the
+        batched writer alone: a killed process loses every event of its run.
 
     Returns
     -------
@@ -322,11 +321,12 @@ def subscribe_catalog(RE, catalog, cameras: Iterable[Any] = (), *, durable: bool
 
     Notes
     -----
-    Before subscribing, runs left without a stop document by a process that
-    died are recovered (a stop document with ``exit_status="fail"`` and the
-    reason is added; every stored event is kept). Should the catalogue stop
-    accepting documents mid-run, the writer keeps them as JSON lines in
-    ``unsaved-documents/`` beside the frames folder.
+    Before subscribing, the runs of writers that died are recovered from their
+    journals: every journaled event is written and a stop document with
+    ``exit_status="fail"`` and the reason is added. Should the catalogue
+    refuse documents mid-run, the run's journal is kept and the run is written
+    from it by the next recovery (``durable=False``: the batched writer keeps
+    them as JSON lines in ``unsaved-documents/`` beside the frames folder).
     """
     from .durable import DurableWriter, lease_dir_for, recover_runs
 
@@ -342,13 +342,13 @@ def subscribe_catalog(RE, catalog, cameras: Iterable[Any] = (), *, durable: bool
             ) from None
         for camera in cameras:
             camera.write_dir = folder
-    # if writing to the catalogue fails mid-run, the documents go to JSON-lines files instead
-    frames = getattr(catalog, "autofocus_frames_dir", None)
-    backup = str(Path(frames).parent / "unsaved-documents") if frames else None
     if not durable:
         from bluesky.callbacks.tiled_writer import TiledWriter
 
+        # if writing to the catalogue fails mid-run, the documents go to JSON-lines files
+        frames = getattr(catalog, "autofocus_frames_dir", None)
+        backup = str(Path(frames).parent / "unsaved-documents") if frames else None
         return RE.subscribe(TiledWriter(catalog, backup_directory=backup))
-    leases = lease_dir_for(catalog)
+    journals = lease_dir_for(catalog)
     recover_runs(catalog)  # a new writer starts: finish the runs of writers that died
-    return RE.subscribe(DurableWriter(catalog, lease_dir=leases, backup_directory=backup))
+    return RE.subscribe(DurableWriter(catalog, journal_dir=journals))

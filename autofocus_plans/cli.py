@@ -50,10 +50,10 @@ def _console():
 
 
 def _leases(catalog):
-    from .durable import RunLeases, lease_dir_for
+    from .durable import RunJournals, lease_dir_for
 
     folder = lease_dir_for(catalog)
-    return RunLeases(folder) if folder is not None else None
+    return RunJournals(folder) if folder is not None else None
 
 
 # -- runs / show / replay / recover ------------------------------------------------------

@@ -5,29 +5,41 @@ Design
 Bluesky's ``TiledWriter`` buffers up to 10 000 events per stream and writes
 them at the stop document, so a process killed mid-run (``kill -9``, power
 cut, out-of-memory killer) leaves a run with its start document and no
-events, although its frames are on disk. :class:`DurableWriter` instead
+events, although its frames are on disk. Writing every event to the
+catalogue as it comes (``TiledWriter(batch_size=1)``) fixes that but costs two
+catalogue requests per event — measured at 40–50 times the catalogue's cost
+per frame (``benchmarks/bench_catalog.py``). So :class:`DurableWriter`
 
-1. writes each event (its table row and its frame reference) to the
-   catalogue as it arrives (``TiledWriter(batch_size=1)``): the catalogue's
-   SQLite transaction is committed before the RunEngine moves on, so a killed
-   process loses at most the one event being written;
-2. holds a *lease* per run in progress: a file ``running/<uid>.lock`` beside
-   the frames folder, locked with ``flock`` for as long as the run is open.
-   The kernel drops the lock when the process dies, however it dies, so a
-   lease that can be locked by someone else belongs to a dead writer (no PID
-   reuse or clock guessing).
+1. appends every document, as it arrives and before the catalogue writer
+   sees it, to a *journal* ``running/<uid>.jsonl`` (one JSON line per
+   document, ``fdatasync``-ed at every event: it survives a killed process and a
+   power cut),
+   then hands it to Bluesky's batched ``TiledWriter`` as before;
+2. holds an ``flock`` on that journal for as long as the run is open. The
+   kernel drops the lock when the process dies, however it dies, so a journal
+   that someone else can lock belongs to a dead writer (no PID reuse or clock
+   guessing), and a locked one to a run still being written;
+3. deletes the journal once the catalogue has the run's stop document. If the
+   catalogue refused a document, the journal is kept (unlocked) and the run is
+   rewritten from it by the next recovery.
 
-:func:`recover_runs` finishes the runs of dead writers: it adds a stop
-document with ``exit_status="fail"``, the reason (the writer died; the run is
-incomplete), the number of events actually stored per stream, and a
-``recovered`` record, then removes the lease. Every stored event and frame
-is kept. It runs automatically when a RunEngine subscribes to the catalogue
-(:func:`~autofocus_plans.subscribe_catalog`) and on demand
-(``autofocus recover``). Reading a catalogue never writes to it: listing a
-run without a stop document shows it as ``running`` (its lease is held),
-``incomplete (crashed)`` (its lease is dead) or ``incomplete (no stop)``.
+:func:`recover_runs` finishes the runs of dead writers from their journals: it
+replaces whatever the catalogue holds of the run by every journaled document
+(a truncated last line, the document being written at the kill, is dropped)
+and, when the journal has no stop document, adds one with
+``exit_status="fail"``, the reason (the writer died; the run is incomplete),
+the number of events stored per stream and a ``recovered`` record. It runs
+automatically when a RunEngine subscribes to the catalogue
+(:func:`~autofocus_plans.subscribe_catalog`) and on demand (``autofocus
+recover``). A run without a stop document and without a journal (written by
+another tool, or before this design) is marked the same way when named.
+Reading a catalogue never writes to it: listing a run without a stop document
+shows it as ``running`` (its journal is locked), ``incomplete (crashed)`` (its
+journal is not) or ``incomplete (no stop)``.
 
-Measured cost: see ``benchmarks/bench_catalog.py`` (``make bench``).
+Without a folder for journals (a server catalogue with no
+``AUTOFOCUS_FRAMES_DIR``), the writer falls back to writing each event to the
+catalogue at once, which is durable but slow.
 """
 
 from __future__ import annotations
@@ -42,7 +54,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,20 +63,22 @@ __all__ = [
     "LEASE_DIR",
     "DurableWriter",
     "RecoveredRun",
-    "RunLeases",
+    "RunJournals",
     "lease_dir_for",
     "recover_runs",
     "run_status",
 ]
 
 LEASE_DIR = "running"
+JOURNAL_SUFFIX = ".jsonl"
 ALIVE, DEAD = "alive", "dead"
+_SYNCED_BY_NEXT_EVENT = frozenset({"stream_resource", "stream_datum", "resource", "datum"})
 
 logger = logging.getLogger(__name__)
 
 
 def lease_dir_for(catalog) -> Path | None:
-    """The lease folder of ``catalog``: ``running/`` beside its frames folder, if one is known."""
+    """The journal folder of ``catalog``: ``running/`` beside its frames folder, if known."""
     root = getattr(catalog, "autofocus_root", None)
     if root is not None:
         return Path(root) / LEASE_DIR
@@ -72,49 +86,64 @@ def lease_dir_for(catalog) -> Path | None:
     return Path(frames).parent / LEASE_DIR if frames else None
 
 
-class _Lease:
-    """An open, ``flock``-ed lease file; the lock lives exactly as long as the descriptor."""
+def _jsonable(value: Any) -> Any:
+    """numpy scalars and arrays in documents, as JSON."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
-    def __init__(self, path: Path, fd: int):
-        self.path, self.fd = path, fd
 
-    def release(self) -> None:
-        # unlink before unlocking: nobody may find an unlocked lease of a finished run
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+class _Journal:
+    """An open, ``flock``-ed journal; the lock lives exactly as long as the descriptor."""
+
+    def __init__(self, path: Path, fd: int, sync: bool):
+        self.path, self.fd, self.sync = path, fd, sync
+
+    def append(self, name: str, doc: dict) -> None:
+        line = json.dumps({"name": name, "doc": doc}, default=_jsonable) + "\n"
+        os.write(self.fd, line.encode())
+        # A frame's (stream_)resource and datum always precede its event: syncing at the
+        # event covers them too, at one disk flush per frame instead of two.
+        if self.sync and name not in _SYNCED_BY_NEXT_EVENT:
+            os.fdatasync(self.fd)
+
+    def close(self, *, remove: bool) -> None:
+        if remove:
+            # unlink before unlocking: nobody may find an unlocked journal of a finished run
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
         os.close(self.fd)
 
 
-class RunLeases:
-    """The ``running/`` folder: one ``<uid>.lock`` file per run whose writer holds it.
+class RunJournals:
+    """The ``running/`` folder: one ``<uid>.jsonl`` journal per run, locked by its writer.
+
+    The first line of a journal records its writer (``uid``, ``pid``,
+    ``host``, ``time``); each further line is one document,
+    ``{"name": ..., "doc": ...}``.
 
     Parameters
     ----------
     folder : path
-        The lease folder (created on the first :meth:`acquire`).
+        The journal folder (created on the first :meth:`open`).
     """
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
 
     def path(self, uid: str) -> Path:
-        return self.folder / f"{uid}.lock"
+        return self.folder / f"{uid}{JOURNAL_SUFFIX}"
 
-    def acquire(self, uid: str) -> _Lease:
-        """Create and lock the lease of run ``uid``; the caller keeps it until the stop document."""
+    def open(self, uid: str, *, sync: bool = True) -> _Journal:
+        """Create and lock the journal of run ``uid``; the writer keeps it open until the stop."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        info = {
-            "uid": uid,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "time": time.time(),
-        }
-        # Lock a private file, then rename it into place: a lease is never visible unlocked.
+        header = {"uid": uid, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+        # Lock a private file, then rename it into place: a journal is never visible unlocked.
         tmp = self.folder / f".{uid}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.write(fd, json.dumps(info).encode())
+            os.write(fd, (json.dumps({"journal": header}) + "\n").encode())
             os.fsync(fd)
             os.replace(tmp, self.path(uid))
         except BaseException:
@@ -122,29 +151,48 @@ class RunLeases:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        return _Lease(self.path(uid), fd)
+        return _Journal(self.path(uid), fd, sync)
+
+    def read(self, uid: str) -> tuple[dict[str, Any], list[tuple[str, dict]]]:
+        """(writer record, documents) of a journal; a truncated last line is dropped."""
+        header: dict[str, Any] = {}
+        docs: list[tuple[str, dict]] = []
+        with open(self.path(uid), "rb") as f:
+            for raw in f:
+                try:
+                    entry = json.loads(raw)
+                except ValueError:
+                    break  # the line being written when the process died
+                if "journal" in entry:
+                    header = entry["journal"]
+                else:
+                    docs.append((entry["name"], entry["doc"]))
+        return header, docs
 
     def info(self, uid: str) -> dict[str, Any]:
-        """What the writer recorded in its lease (uid, pid, host, time); {} if unreadable."""
+        """The writer record of a journal (uid, pid, host, time); {} if unreadable."""
         try:
-            return json.loads(self.path(uid).read_text())
-        except (OSError, ValueError):
+            with open(self.path(uid), "rb") as f:
+                return json.loads(f.readline()).get("journal", {})
+        except (OSError, ValueError, AttributeError):
             return {}
 
     def uids(self) -> list[str]:
-        """Runs with a lease file, alive or dead."""
+        """Runs with a journal, alive or dead."""
         if not self.folder.is_dir():
             return []
-        return sorted(p.name[: -len(".lock")] for p in self.folder.glob("*.lock"))
+        return sorted(
+            p.name[: -len(JOURNAL_SUFFIX)] for p in self.folder.glob(f"*{JOURNAL_SUFFIX}")
+        )
 
     @contextlib.contextmanager
-    def claim(self, uid: str):
-        """Lock a *dead* lease for the duration of the block; yields None if it is alive or gone.
+    def claim(self, uid: str) -> Iterator[Path | None]:
+        """Lock a *dead* journal for the duration of the block; yields None if alive or gone.
 
         Holding the lock keeps two recovering processes from finishing the same run.
         """
         try:
-            fd = os.open(self.path(uid), os.O_RDWR)
+            fd = os.open(self.path(uid), os.O_RDONLY)
         except FileNotFoundError:
             yield None
             return
@@ -175,7 +223,7 @@ class RunLeases:
         return True
 
     def state(self, uid: str) -> str | None:
-        """``"alive"`` (its writer holds the lock), ``"dead"``, or None (no lease)."""
+        """``"alive"`` (its writer holds the lock), ``"dead"``, or None (no journal)."""
         if not self.path(uid).exists():
             return None
         with self.claim(uid) as claimed:
@@ -192,7 +240,7 @@ def run_status(stop: dict | None, lease: str | None = None) -> str:
     stop : dict or None
         The run's stop document (None or {} if it has none).
     lease : str, optional
-        The state of its lease (:meth:`RunLeases.state`).
+        The state of its journal (:meth:`RunJournals.state`).
     """
     if stop:
         if stop.get("recovered"):
@@ -206,47 +254,88 @@ def run_status(stop: dict | None, lease: str | None = None) -> str:
 
 
 class DurableWriter:
-    """RunEngine callback: every document into the catalogue at once, under a run lease.
+    """RunEngine callback: journal every document, then write it to the catalogue.
 
     Parameters
     ----------
     catalog : CatalogOfBlueskyRuns
         A writable catalogue client.
-    lease_dir : path, optional
-        Folder of the run leases (:func:`lease_dir_for`); without one the
-        writes are still immediate but a dead writer's run is only recovered
-        when named explicitly.
-    backup_directory : str, optional
-        Where ``TiledWriter`` keeps a run's documents as JSON lines should the
-        catalogue refuse them.
+    journal_dir : path, optional
+        Folder of the run journals (:func:`lease_dir_for`). Without one, each
+        event is written to the catalogue as it arrives instead (durable, slower).
+    sync : bool
+        ``fdatasync`` the journal at every event (and start, descriptor, stop),
+        so that it survives a power cut, not only a killed process.
     """
 
-    def __init__(self, catalog, *, lease_dir: str | Path | None, backup_directory=None):
-        from bluesky.callbacks.tiled_writer import TiledWriter
+    def __init__(self, catalog, *, journal_dir: str | Path | None, sync: bool = True):
+        from bluesky.callbacks.tiled_writer import BATCH_SIZE, TiledWriter
 
-        self._writer = TiledWriter(catalog, backup_directory=backup_directory, batch_size=1)
-        self._leases = RunLeases(lease_dir) if lease_dir is not None else None
-        self._held: dict[str, _Lease] = {}
+        self._catalog = catalog
+        self._journals = RunJournals(journal_dir) if journal_dir is not None else None
+        self._writer = TiledWriter(catalog, batch_size=BATCH_SIZE if self._journals else 1)
+        self._sync = sync
+        self._open: dict[str, _Journal] = {}  # run uid -> journal
+        self._failed: set[str] = set()  # runs the catalogue refused: journal only
+        self._run_of: dict[str, str] = {}  # descriptor / stream_resource / resource uid -> run
+
+    def _run_uid(self, name: str, doc: dict) -> str | None:
+        if name == "start":
+            return doc["uid"]
+        if name in ("stop", "descriptor", "resource", "stream_resource") and doc.get("run_start"):
+            run = doc["run_start"]
+        elif name in ("event", "event_page", "stream_datum"):
+            run = self._run_of.get(doc.get("descriptor", ""))
+        elif name in ("datum", "datum_page"):
+            run = self._run_of.get(doc.get("resource", ""))
+        else:
+            run = None
+        if run is None and self._open:
+            run = next(reversed(self._open))  # the run opened last
+        if name in ("descriptor", "resource", "stream_resource") and run is not None:
+            self._run_of[doc["uid"]] = run
+        return run
 
     def __call__(self, name: str, doc: dict) -> None:
-        if name == "start" and self._leases is not None:
-            try:
-                self._held[doc["uid"]] = self._leases.acquire(doc["uid"])
-            except OSError as err:
-                # The run is still written event by event; only its automatic recovery is lost.
-                logger.warning(
-                    "Cannot create the lease of run %s in %s (%s); if this process dies, "
-                    "finish the run with `autofocus recover %s`.",
-                    doc["uid"][:8],
-                    self._leases.folder,
-                    err.strerror or err,
-                    doc["uid"][:8],
-                )
-        try:
+        if self._journals is None:
             self._writer(name, doc)
-        finally:
-            if name == "stop" and (lease := self._held.pop(doc.get("run_start", ""), None)):
-                lease.release()
+            return
+        uid = self._run_uid(name, doc)
+        if name == "start":
+            try:
+                self._open[uid] = self._journals.open(uid, sync=self._sync)
+            except OSError as err:
+                logger.warning(
+                    "Cannot create the journal of run %s in %s (%s): if this process dies "
+                    "mid-run, the run's events are lost.",
+                    uid[:8],
+                    self._journals.folder,
+                    err.strerror or err,
+                )
+        journal = self._open.get(uid) if uid else None
+        if journal is not None:
+            journal.append(name, doc)  # before the catalogue: this is what survives a crash
+        if uid not in self._failed:
+            try:
+                self._writer(name, doc)
+            except Exception as err:
+                if journal is None:
+                    raise
+                # The documents are safe in the journal; recovery writes the run later.
+                self._failed.add(uid)
+                logger.warning(
+                    "The catalogue refused run %s (%s); its documents are kept in %s and "
+                    "`autofocus recover` writes them once the catalogue accepts them.",
+                    uid[:8],
+                    err,
+                    journal.path,
+                )
+        if name == "stop" and journal is not None:
+            # kept (unlocked) if the catalogue missed anything: recovery rewrites the run
+            journal.close(remove=uid not in self._failed)
+            del self._open[uid]
+            self._failed.discard(uid)
+            self._run_of = {k: v for k, v in self._run_of.items() if v != uid}
 
 
 @dataclass
@@ -254,7 +343,7 @@ class RecoveredRun:
     """What :func:`recover_runs` did to one run."""
 
     uid: str
-    action: str  # "recovered", "already complete", "not in catalogue"
+    action: str  # "recovered", "rewritten", "already complete", "empty journal removed"
     events: dict[str, int] = field(default_factory=dict)
     stop: dict | None = None
 
@@ -262,11 +351,42 @@ class RecoveredRun:
         counts = ", ".join(f"{n} {s}" for s, n in self.events.items()) or "no events"
         if self.action == "recovered":
             return f"run {self.uid[:8]}: marked incomplete, kept {counts}"
+        if self.action == "rewritten":
+            return f"run {self.uid[:8]}: written from its journal ({counts}), complete"
         return f"run {self.uid[:8]}: {self.action}"
 
 
+def _recovered_stop(uid: str, counts: dict[str, int], last: float, info: dict) -> dict:
+    """The stop document of a run whose writer died."""
+    from event_model import DocumentNames, schema_validators
+
+    now = time.time()
+    when = dt.datetime.fromtimestamp(now).strftime("%Y-%m-%d %H:%M:%S")
+    if info:
+        why = (
+            f"The process writing this run (pid {info.get('pid')} on {info.get('host')}) "
+            "died before the run ended"
+        )
+    else:
+        why = "The run had no stop document (its writer died or never closed it)"
+    stop = {
+        "uid": str(uuid.uuid4()),
+        "run_start": uid,
+        "time": last,
+        "exit_status": "fail",
+        "reason": (
+            f"{why}; recovered on {when} with the {sum(counts.values())} event(s) it had "
+            "stored, so the run is incomplete."
+        ),
+        "num_events": counts,
+        "recovered": {"time": now, "writer_pid": info.get("pid"), "writer_host": info.get("host")},
+    }
+    schema_validators[DocumentNames.stop].validate(stop)
+    return stop
+
+
 def _stored_events(run) -> tuple[dict[str, int], float | None]:
-    """Events stored per stream, and the time of the last one."""
+    """Events stored per stream in the catalogue, and the time of the last one."""
     counts: dict[str, int] = {}
     last = None
     for stream in run:
@@ -282,47 +402,62 @@ def _stored_events(run) -> tuple[dict[str, int], float | None]:
     return counts, last
 
 
-def _finish(run, info: dict[str, Any]) -> RecoveredRun:
-    from event_model import DocumentNames, schema_validators
-
-    uid = run.metadata["start"]["uid"]
+def _mark_incomplete(run) -> RecoveredRun:
+    """Add a stop document to a run that has none and no journal, keeping what it holds."""
+    start = run.metadata["start"]
     if run.metadata.get("stop"):
-        return RecoveredRun(uid, "already complete", stop=dict(run.metadata["stop"]))
+        return RecoveredRun(start["uid"], "already complete", stop=dict(run.metadata["stop"]))
     counts, last = _stored_events(run)
-    now = time.time()
-    when = dt.datetime.fromtimestamp(now).strftime("%Y-%m-%d %H:%M:%S")
-    if info:
-        why = (
-            f"The process writing this run (pid {info.get('pid')} on {info.get('host')}) "
-            "died before the run ended"
-        )
-    else:
-        why = "The run had no stop document (its writer died or never closed it)"
-    stored = sum(counts.values())
-    stop = {
-        "uid": str(uuid.uuid4()),
-        "run_start": uid,
-        "time": last if last is not None else float(run.metadata["start"]["time"]),
-        "exit_status": "fail",
-        "reason": (
-            f"{why}; recovered on {when} with the {stored} event(s) it had stored, "
-            "so the run is incomplete."
-        ),
-        "num_events": counts,
-        "recovered": {
-            "time": now,
-            "writer_pid": info.get("pid"),
-            "writer_host": info.get("host"),
-        },
-    }
-    schema_validators[DocumentNames.stop].validate(stop)
+    stop = _recovered_stop(start["uid"], counts, last or float(start["time"]), {})
     # the same update TiledWriter makes with a real stop document
     run.update_metadata(metadata={**dict(run.metadata), "stop": stop}, drop_revision=True)
-    return RecoveredRun(uid, "recovered", counts, stop)
+    return RecoveredRun(start["uid"], "recovered", counts, stop)
+
+
+def _from_journal(catalog, journals: RunJournals, uid: str) -> RecoveredRun:
+    """Write run ``uid`` from its (dead) journal, replacing what the catalogue holds of it."""
+    from bluesky.callbacks.tiled_writer import TiledWriter
+
+    from .catalog import CatalogError
+
+    info, docs = journals.read(uid)
+    if not any(name == "start" for name, _ in docs):
+        return RecoveredRun(uid, "empty journal removed")  # died before journaling the start
+    if uid in catalog:
+        run = catalog[uid]
+        if run.metadata.get("stop"):
+            return RecoveredRun(uid, "already complete", stop=dict(run.metadata["stop"]))
+        # Only a prefix of the journal reached the catalogue (start, descriptors, whole
+        # batches): replace it. The journal is deleted only after the rewrite succeeds.
+        with contextlib.suppress(KeyError):
+            catalog.delete_contents([uid], recursive=True, external_only=False)
+        if uid in catalog:
+            raise CatalogError(
+                f"Cannot replace the partial copy of run {uid[:8]} in the catalogue; its "
+                f"documents are safe in {journals.path(uid)}, run `autofocus recover` again."
+            )
+    names = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
+    counts = {name: 0 for name in dict.fromkeys(names.values())}
+    last = next(float(d["time"]) for n, d in docs if n == "start")
+    stop = None
+    writer = TiledWriter(catalog)
+    for name, doc in docs:
+        if name == "event":
+            counts[names[doc["descriptor"]]] += 1
+            last = max(last, float(doc["time"]))
+        elif name == "stop":
+            stop = doc
+            continue
+        writer(name, doc)
+    action = "rewritten" if stop is not None else "recovered"
+    if stop is None:
+        stop = _recovered_stop(uid, counts, last, info)
+    writer("stop", stop)
+    return RecoveredRun(uid, action, counts, stop)
 
 
 def recover_runs(catalog, uids: Iterable[str] | None = None) -> list[RecoveredRun]:
-    """Mark the runs of writers that died as incomplete, keeping everything they stored.
+    """Finish the runs of writers that died, keeping everything they recorded.
 
     Parameters
     ----------
@@ -330,19 +465,21 @@ def recover_runs(catalog, uids: Iterable[str] | None = None) -> list[RecoveredRu
         A writable catalogue (from :func:`~autofocus_plans.open_catalog`).
     uids : iterable of str, optional
         Runs to recover (full uids or unique prefixes of 6+ characters). By
-        default, every run whose lease is dead. A named run without a lease
-        (e.g. written by another tool) is recovered too: naming it says its
-        writer is gone.
+        default, every run whose journal is no longer locked by its writer. A
+        named run without a journal (e.g. written by another tool) is given a
+        stop document too: naming it says its writer is gone.
 
     Returns
     -------
     list of RecoveredRun
-        One entry per run looked at.
+        One entry per run looked at: ``"recovered"`` (marked incomplete),
+        ``"rewritten"`` (the journal held the stop document: the catalogue had
+        refused the run, now it is complete) or ``"already complete"``.
 
     Raises
     ------
     CatalogError
-        A named run is still being written (its lease is held).
+        A named run is still being written (its journal is locked).
     KeyError
         A named run is not in the catalogue.
     """
@@ -350,39 +487,44 @@ def recover_runs(catalog, uids: Iterable[str] | None = None) -> list[RecoveredRu
     from .replay import lookup_run
 
     folder = lease_dir_for(catalog)
-    leases = RunLeases(folder) if folder is not None else None
+    journals = RunJournals(folder) if folder is not None else None
     done: list[RecoveredRun] = []
     if uids is None:
-        for uid in leases.uids() if leases else []:
-            with leases.claim(uid) as claimed:
+        for uid in journals.uids() if journals else []:
+            with journals.claim(uid) as claimed:
                 if claimed is None:
                     continue  # alive, or finished meanwhile
-                info = leases.info(uid)
                 try:
-                    run = catalog[uid]
-                except KeyError:
-                    # the catalogue refused even the start document: see unsaved-documents/
-                    result = RecoveredRun(uid, "not in catalogue")
-                else:
-                    result = _finish(run, info)
+                    result = _from_journal(catalog, journals, uid)
+                except Exception as err:
+                    # never block a new session on an old run: say so, keep the journal
+                    logger.warning(
+                        "Cannot recover run %s (%s); its documents stay in %s.",
+                        uid[:8],
+                        err,
+                        journals.path(uid),
+                    )
+                    continue
                 claimed.unlink(missing_ok=True)
             done.append(result)
-            if result.action == "recovered":
+            if result.action in ("recovered", "rewritten"):
                 logger.warning("Recovered a run whose writer died: %s.", result)
         return done
     for name in uids:
-        run = lookup_run(catalog, name)
-        uid = run.metadata["start"]["uid"]
-        if leases is None or leases.state(uid) is None:
-            done.append(_finish(run, {}))
+        if journals is not None and journals.path(name).exists():
+            uid = name  # a full uid: the run may not even be in the catalogue yet
+        else:
+            uid = lookup_run(catalog, name).metadata["start"]["uid"]
+        if journals is None or journals.state(uid) is None:
+            done.append(_mark_incomplete(catalog[uid]))
             continue
-        with leases.claim(uid) as claimed:
+        with journals.claim(uid) as claimed:
             if claimed is None:
-                info = leases.info(uid)
+                info = journals.info(uid)
                 raise CatalogError(
                     f"Run {uid[:8]} is still being written by process {info.get('pid')} on "
                     f"{info.get('host')}; let it finish or stop that process first."
                 )
-            done.append(_finish(run, leases.info(uid)))
+            done.append(_from_journal(catalog, journals, uid))
             claimed.unlink(missing_ok=True)
     return done

@@ -211,7 +211,7 @@ def make_summary(start: dict, stop: dict | None, best_z: float | None, lease: st
 
 
 def summarize_run(run, leases=None) -> RunSummary:
-    """Summarise ``run``; ``leases`` (a :class:`~autofocus_plans.durable.RunLeases`) tells
+    """Summarise ``run``; ``leases`` (a :class:`~autofocus_plans.durable.RunJournals`) tells
     a running run from one whose writer died."""
     start = run.start
     stop = run_stop(run)

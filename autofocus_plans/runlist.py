@@ -21,7 +21,7 @@ import re
 import sqlite3
 from pathlib import Path
 
-from .durable import LEASE_DIR, RunLeases
+from .durable import LEASE_DIR, RunJournals
 from .replay import RunSummary, make_summary
 
 __all__ = ["parse_time", "quick_summaries"]
@@ -127,7 +127,7 @@ def quick_summaries(
         where.append("json_extract(metadata, '$.start.time') < ?")
         args.append(until_t)
     condition = " AND ".join(where)
-    leases = RunLeases(root / LEASE_DIR)
+    leases = RunJournals(root / LEASE_DIR)
     try:
         with _connect(root / "catalog.db") as db:
             (count,) = db.execute(f"SELECT count(*) FROM nodes WHERE {condition}", args).fetchone()

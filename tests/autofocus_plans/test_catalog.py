@@ -194,7 +194,7 @@ def test_quick_listing_reads_the_same_rows_as_tiled(catalog_RE, catalog, mic):
     import time
 
     from autofocus_plans import brenner_sweep, find_runs
-    from autofocus_plans.durable import DurableWriter, RunLeases, lease_dir_for
+    from autofocus_plans.durable import DurableWriter, RunJournals, lease_dir_for
     from autofocus_plans.replay import iterate_runs, summarize_run
     from autofocus_plans.runlist import quick_summaries
 
@@ -205,12 +205,12 @@ def test_quick_listing_reads_the_same_rows_as_tiled(catalog_RE, catalog, mic):
     middle = time.time()
     from bluesky import RunEngine
 
-    writer = DurableWriter(catalog, lease_dir=None)
+    writer = DurableWriter(catalog, journal_dir=None)
     cut_short = RunEngine({})  # a writer that dies before the stop document
     cut_short.subscribe(lambda name, doc: name != "stop" and writer(name, doc))
     cut_short(bp.count([mic.camera], 1), sample="beads:2")
 
-    leases = RunLeases(lease_dir_for(catalog))
+    leases = RunJournals(lease_dir_for(catalog))
     filters = [
         {},
         {"plan_name": "count"},

@@ -147,7 +147,7 @@ def test_incomplete_runs_are_listed_shown_replayed_and_recovered(tmp_path, RE, m
     location = tmp_path / "catalog"
     catalog = open_catalog(location, create=True)
     mic.camera.write_dir = location / "frames"
-    writer = DurableWriter(catalog, lease_dir=None)
+    writer = DurableWriter(catalog, journal_dir=None)
     # everything a writer stores before it dies: every document but the stop
     RE.subscribe(lambda name, doc: name != "stop" and writer(name, doc))
     (cut,) = RE(bp.scan([mic.camera], mic.z, -4, 4, 5), sample="cells:1").run_start_uids
@@ -195,7 +195,7 @@ def test_incomplete_runs_are_listed_shown_replayed_and_recovered(tmp_path, RE, m
 @pytest.mark.parametrize(
     ("location", "message"),
     [
-        ("htp://127.0.0.1:8765", "is not a catalogue server URL"),
+        ("htp://127.0.0.1:8765", "'htp://127.0.0.1:8765' is not a catalogue server URL"),
         ("no-such-catalog", "There is no catalogue at"),
         ("http://127.0.0.1:9", "Cannot reach the catalogue server at http://127.0.0.1:9"),
     ],

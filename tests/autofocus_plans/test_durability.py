@@ -20,7 +20,7 @@ from autofocus_plans import (
     recover_runs,
     subscribe_catalog,
 )
-from autofocus_plans.durable import RunLeases, lease_dir_for
+from autofocus_plans.durable import RunJournals, lease_dir_for
 from models.focus_measures import brenner
 
 AUTOFOCUS = str(Path(sys.executable).with_name("autofocus"))
@@ -106,7 +106,7 @@ def test_kill_9_mid_run_loses_at_most_one_event(tmp_path, RE):
     assert "died before the run ended" in run.stop["reason"]
     assert "incomplete" in run.stop["reason"]
     assert run.stop["recovered"]["writer_pid"] == child.pid
-    assert RunLeases(lease_dir_for(catalog)).uids() == []
+    assert RunJournals(lease_dir_for(catalog)).uids() == []
 
     table = load_table(run)
     stored = len(table["time"])
@@ -123,24 +123,61 @@ def test_kill_9_mid_run_loses_at_most_one_event(tmp_path, RE):
 
 
 def test_run_in_progress_is_not_recovered(catalog_RE, catalog, mic):
-    leases = RunLeases(lease_dir_for(catalog))
+    journals = RunJournals(lease_dir_for(catalog))
     seen = {}
 
     def plan():
         uid = yield from bps.open_run()
+        yield from bps.stage(mic.camera)
         yield from bps.trigger_and_read([mic.camera])
-        seen["state"] = leases.state(uid)
+        seen["state"] = journals.state(uid)
         seen["automatic"] = recover_runs(catalog)
         with pytest.raises(CatalogError, match=r"still being written by process \d+"):
             recover_runs(catalog, [uid])
-        seen["events so far"] = len(load_table(catalog[uid])["time"])
+        seen["journaled"] = [name for name, _ in journals.read(uid)[1]]
         yield from bps.trigger_and_read([mic.camera])
+        yield from bps.unstage(mic.camera)
         yield from bps.close_run()
         return uid
 
     uid = catalog_RE(plan()).plan_result
-    assert seen == {"state": "alive", "automatic": [], "events so far": 1}
+    assert seen == {
+        "state": "alive",
+        "automatic": [],
+        "journaled": ["start", "descriptor", "stream_resource", "stream_datum", "event"],
+    }
     assert catalog[uid].stop["exit_status"] == "success"
-    assert leases.uids() == []  # released at the stop document
+    assert journals.uids() == []  # removed once the catalogue has the stop document
     (result,) = recover_runs(catalog, [uid[:8]])
     assert result.action == "already complete"
+
+
+def test_run_the_catalogue_refused_is_written_from_its_journal(tmp_path, RE, mic):
+    location = tmp_path / "catalog"
+    catalog = open_catalog(location, create=True)
+    subscribe_catalog(RE, catalog, cameras=[mic.camera])
+    frames = []
+
+    def plan():
+        uid = yield from bps.open_run()
+        yield from bps.stage(mic.camera)
+        yield from bps.trigger_and_read([mic.camera])
+        frames.append(mic.camera.last_frame.copy())
+        catalog.context.close()  # the catalogue connection goes away mid-run
+        yield from bps.trigger_and_read([mic.camera])
+        frames.append(mic.camera.last_frame.copy())
+        yield from bps.unstage(mic.camera)
+        yield from bps.close_run()
+        return uid
+
+    uid = RE(plan()).plan_result  # the run goes on: its documents are in the journal
+    journals = RunJournals(location / "running")
+    assert journals.uids() == [uid] and journals.state(uid) == "dead"
+
+    reopened = open_catalog(location)
+    (result,) = recover_runs(reopened)
+    assert (result.action, result.events) == ("rewritten", {"primary": 2})
+    run = reopened[uid]
+    assert run.stop["exit_status"] == "success" and "recovered" not in run.stop
+    assert np.array_equal(load_frames(run), np.stack(frames))
+    assert journals.uids() == []
