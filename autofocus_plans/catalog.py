@@ -307,9 +307,9 @@ def subscribe_catalog(RE, catalog, cameras: Iterable[Any] = (), *, durable: bool
     cameras : iterable of devices
         Cameras whose ``write_dir`` is pointed at the catalogue's frames folder.
     durable : bool
-        Journal every document (one locked, ``fdatasync``-ed JSON-lines file
-        per run in ``running/``) before Bluesky's batched catalogue writer sees
-        it (default), so that a process killed mid-run loses at most the event
+        Journal every document (one locked JSON-lines file per run in
+        ``running/``, synced to disk at most 1 s apart) before Bluesky's batched
+        catalogue writer sees it (default), so that a process killed mid-run loses at most the event
         being written and the run can be recovered and marked incomplete
         (:func:`autofocus_plans.durable.recover_runs`). ``False`` gives the
         batched writer alone: a killed process loses every event of its run.
@@ -328,7 +328,7 @@ def subscribe_catalog(RE, catalog, cameras: Iterable[Any] = (), *, durable: bool
     from it by the next recovery (``durable=False``: the batched writer keeps
     them as JSON lines in ``unsaved-documents/`` beside the frames folder).
     """
-    from .durable import DurableWriter, lease_dir_for, recover_runs
+    from .durable import DurableWriter, journal_dir_for, recover_runs
 
     cameras = list(cameras)
     if cameras:
@@ -349,6 +349,6 @@ def subscribe_catalog(RE, catalog, cameras: Iterable[Any] = (), *, durable: bool
         frames = getattr(catalog, "autofocus_frames_dir", None)
         backup = str(Path(frames).parent / "unsaved-documents") if frames else None
         return RE.subscribe(TiledWriter(catalog, backup_directory=backup))
-    journals = lease_dir_for(catalog)
+    journals = journal_dir_for(catalog)
     recover_runs(catalog)  # a new writer starts: finish the runs of writers that died
     return RE.subscribe(DurableWriter(catalog, journal_dir=journals))

@@ -49,10 +49,10 @@ def _console():
     return Console()
 
 
-def _leases(catalog):
-    from .durable import RunJournals, lease_dir_for
+def _journals(catalog):
+    from .durable import RunJournals, journal_dir_for
 
-    folder = lease_dir_for(catalog)
+    folder = journal_dir_for(catalog)
     return RunJournals(folder) if folder is not None else None
 
 
@@ -64,8 +64,8 @@ def _runs_through_tiled(args):
     results = find_runs(
         catalog, plan_name=args.plan, sample=args.sample, since=args.since, until=args.until
     )
-    leases = _leases(catalog)
-    return len(results), [summarize_run(r, leases) for r in iterate_runs(results, args.limit)]
+    journals = _journals(catalog)
+    return len(results), [summarize_run(r, journals) for r in iterate_runs(results, args.limit)]
 
 
 def cmd_runs(args) -> int:
@@ -117,8 +117,8 @@ def cmd_show(args) -> int:
     catalog = _open(args)
     run = lookup_run(catalog, args.uid)
     start, stop = run.start, run_stop(run)
-    leases = _leases(catalog)
-    lease = leases.state(start["uid"]) if leases is not None and stop is None else None
+    journals = _journals(catalog)
+    journal_state = journals.state(start["uid"]) if journals is not None and stop is None else None
     console = _console()
     console.print(f"[bold]run {start['uid']}[/bold]")
     for key in (
@@ -132,7 +132,7 @@ def cmd_show(args) -> int:
     ):
         if key in start:
             console.print(f"  {key}: {start[key]}")
-    status = run_status(stop, lease)
+    status = run_status(stop, journal_state)
     reason = (stop or {}).get("reason", "")
     if status.startswith(("incomplete", "running")):
         status = f"[yellow]{status}[/yellow]"

@@ -195,7 +195,7 @@ class RunSummary:
     result: str
 
 
-def make_summary(start: dict, stop: dict | None, best_z: float | None, lease: str | None):
+def make_summary(start: dict, stop: dict | None, best_z: float | None, journal_state: str | None):
     """The :class:`RunSummary` of a run from its documents (shared by both listing paths)."""
     from .durable import run_status
 
@@ -205,13 +205,13 @@ def make_summary(start: dict, stop: dict | None, best_z: float | None, lease: st
         start["uid"][:8],
         str(start.get("plan_name", "?")),
         str(start.get("sample", "")),
-        run_status(stop, lease),
+        run_status(stop, journal_state),
         "" if best_z is None else f"best z {best_z:.2f} µm",
     )
 
 
-def summarize_run(run, leases=None) -> RunSummary:
-    """Summarise ``run``; ``leases`` (a :class:`~autofocus_plans.durable.RunJournals`) tells
+def summarize_run(run, journals=None) -> RunSummary:
+    """Summarise ``run``; ``journals`` (a :class:`~autofocus_plans.durable.RunJournals`) tells
     a running run from one whose writer died."""
     start = run.start
     stop = run_stop(run)
@@ -220,8 +220,8 @@ def summarize_run(run, leases=None) -> RunSummary:
         table = load_table(run, "focus_result")
         if "best_z" in table and len(table["best_z"]):
             best_z = float(table["best_z"][-1])
-    lease = leases.state(start["uid"]) if leases is not None and stop is None else None
-    return make_summary(start, stop, best_z, lease)
+    journal_state = journals.state(start["uid"]) if journals is not None and stop is None else None
+    return make_summary(start, stop, best_z, journal_state)
 
 
 def iterate_runs(results, limit: int) -> Iterator[Any]:

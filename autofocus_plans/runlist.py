@@ -21,7 +21,7 @@ import re
 import sqlite3
 from pathlib import Path
 
-from .durable import LEASE_DIR, RunJournals
+from .durable import JOURNAL_DIR, RunJournals
 from .replay import RunSummary, make_summary
 
 __all__ = ["parse_time", "quick_summaries"]
@@ -127,7 +127,7 @@ def quick_summaries(
         where.append("json_extract(metadata, '$.start.time') < ?")
         args.append(until_t)
     condition = " AND ".join(where)
-    leases = RunJournals(root / LEASE_DIR)
+    journals = RunJournals(root / JOURNAL_DIR)
     try:
         with _connect(root / "catalog.db") as db:
             (count,) = db.execute(f"SELECT count(*) FROM nodes WHERE {condition}", args).fetchone()
@@ -140,8 +140,8 @@ def quick_summaries(
                 metadata = json.loads(text)
                 start, stop = metadata["start"], metadata.get("stop") or None
                 best_z = _last_best_z(db, root / "tables.db", run_id)
-                lease = leases.state(start["uid"]) if stop is None else None
-                summaries.append(make_summary(start, stop, best_z, lease))
+                journal_state = journals.state(start["uid"]) if stop is None else None
+                summaries.append(make_summary(start, stop, best_z, journal_state))
     except (sqlite3.Error, KeyError, TypeError, ValueError):
         return None
     return count, summaries

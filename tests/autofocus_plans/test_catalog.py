@@ -194,7 +194,7 @@ def test_quick_listing_reads_the_same_rows_as_tiled(catalog_RE, catalog, mic):
     import time
 
     from autofocus_plans import brenner_sweep, find_runs
-    from autofocus_plans.durable import DurableWriter, RunJournals, lease_dir_for
+    from autofocus_plans.durable import DurableWriter, RunJournals, journal_dir_for
     from autofocus_plans.replay import iterate_runs, summarize_run
     from autofocus_plans.runlist import quick_summaries
 
@@ -210,7 +210,7 @@ def test_quick_listing_reads_the_same_rows_as_tiled(catalog_RE, catalog, mic):
     cut_short.subscribe(lambda name, doc: name != "stop" and writer(name, doc))
     cut_short(bp.count([mic.camera], 1), sample="beads:2")
 
-    leases = RunJournals(lease_dir_for(catalog))
+    journals = RunJournals(journal_dir_for(catalog))
     filters = [
         {},
         {"plan_name": "count"},
@@ -224,7 +224,7 @@ def test_quick_listing_reads_the_same_rows_as_tiled(catalog_RE, catalog, mic):
         query = {"limit": 20} | query
         limit = query.pop("limit")
         results = find_runs(catalog, **query)
-        rows = [summarize_run(r, leases) for r in iterate_runs(results, limit)]
+        rows = [summarize_run(r, journals) for r in iterate_runs(results, limit)]
         assert quick_summaries(catalog.autofocus_root, limit=limit, **query) == (len(results), rows)
     count, rows = quick_summaries(catalog.autofocus_root)
     assert count == 3

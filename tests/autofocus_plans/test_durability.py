@@ -1,4 +1,4 @@
-"""Durable catalogue writing: a process killed mid-run, run leases, recovery."""
+"""Durable catalogue writing: a process killed mid-run, run journals, recovery."""
 
 import os
 import signal
@@ -20,7 +20,7 @@ from autofocus_plans import (
     recover_runs,
     subscribe_catalog,
 )
-from autofocus_plans.durable import RunJournals, lease_dir_for
+from autofocus_plans.durable import RunJournals, journal_dir_for
 from models.focus_measures import brenner
 
 AUTOFOCUS = str(Path(sys.executable).with_name("autofocus"))
@@ -81,7 +81,7 @@ def test_kill_9_mid_run_loses_at_most_one_event(tmp_path, RE):
             assert child.poll() is None, child.stderr.read()
             assert time.monotonic() < deadline, "the child emitted no events in 120 s"
             time.sleep(0.1)
-        # still writing: listed as running, and its lease cannot be taken
+        # still writing: listed as running, and its journal is locked
         assert "running" in _runs(location)
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
@@ -106,7 +106,7 @@ def test_kill_9_mid_run_loses_at_most_one_event(tmp_path, RE):
     assert "died before the run ended" in run.stop["reason"]
     assert "incomplete" in run.stop["reason"]
     assert run.stop["recovered"]["writer_pid"] == child.pid
-    assert RunJournals(lease_dir_for(catalog)).uids() == []
+    assert RunJournals(journal_dir_for(catalog)).uids() == []
 
     table = load_table(run)
     stored = len(table["time"])
@@ -123,7 +123,7 @@ def test_kill_9_mid_run_loses_at_most_one_event(tmp_path, RE):
 
 
 def test_run_in_progress_is_not_recovered(catalog_RE, catalog, mic):
-    journals = RunJournals(lease_dir_for(catalog))
+    journals = RunJournals(journal_dir_for(catalog))
     seen = {}
 
     def plan():
