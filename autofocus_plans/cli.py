@@ -188,7 +188,10 @@ def cmd_recover(args) -> int:
     for result in done:
         print(result)
     if not done:
-        print("no run needed recovery: every run without a stop document is still being written")
+        print(
+            "no writer had died: nothing to recover (a run without a stop document and "
+            "without a journal is closed only when named: `autofocus recover UID`)"
+        )
     return 0
 
 
