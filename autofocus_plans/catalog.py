@@ -55,9 +55,11 @@ DEFAULT_LOCATION = "autofocus-data"
 
 # The file that makes a folder an embedded catalogue.
 CATALOG_DB = "catalog.db"
-# Seconds allowed to reach a server before giving up: Tiled's own client retries a
-# refused connection for up to 45 s (stamina back-off), far too long for a typo.
-SERVER_PROBE_TIMEOUT_S = 2.5
+# Seconds allowed to connect to a server before giving up: Tiled's own client retries a
+# refused connection for up to 45 s (stamina back-off), far too long for a typo. A server
+# that accepts the connection gets longer to answer (a busy one is still reachable).
+SERVER_CONNECT_TIMEOUT_S = 2.0
+SERVER_ANSWER_TIMEOUT_S = 20.0
 
 # One API key for every embedded catalogue of this process. Tiled keeps server settings in
 # one process-wide object that each in-process app overwrites, so two embedded catalogues
@@ -189,8 +191,16 @@ def _open_server(url: str, api_key: str | None):
 
     # One quick request first: Tiled's client retries a dead address with back-off for
     # tens of seconds; a server that answers at all (even 401/404) is worth handing over.
+    timeout = httpx.Timeout(SERVER_ANSWER_TIMEOUT_S, connect=SERVER_CONNECT_TIMEOUT_S)
     try:
-        httpx.get(url, timeout=SERVER_PROBE_TIMEOUT_S, follow_redirects=False)
+        httpx.get(url, timeout=timeout, follow_redirects=False)
+    except httpx.TimeoutException as err:
+        if isinstance(err, httpx.ConnectTimeout):
+            raise _unreachable(url) from None
+        raise CatalogError(
+            f"The catalogue server at {url} accepted the connection but did not answer in "
+            f"{SERVER_ANSWER_TIMEOUT_S:.0f} s; check that the server is healthy."
+        ) from None
     except httpx.TransportError:
         raise _unreachable(url) from None
 
@@ -295,7 +305,14 @@ def frames_dir_for(catalog) -> Path:
     return Path(folder)
 
 
-def subscribe_catalog(RE, catalog, cameras: Iterable[Any] = (), *, durable: bool = True) -> int:
+def subscribe_catalog(
+    RE,
+    catalog,
+    cameras: Iterable[Any] = (),
+    *,
+    durable: bool = True,
+    sync_interval_s: float | None = 0.0,
+) -> int:
     """Stream every document of ``RE`` into ``catalog``; point ``cameras`` at its frames folder.
 
     Parameters
@@ -308,11 +325,16 @@ def subscribe_catalog(RE, catalog, cameras: Iterable[Any] = (), *, durable: bool
         Cameras whose ``write_dir`` is pointed at the catalogue's frames folder.
     durable : bool
         Journal every document (one locked JSON-lines file per run in
-        ``running/``, synced to disk at most 1 s apart) before Bluesky's batched
+        ``running/``, synced to disk at every event) before Bluesky's batched
         catalogue writer sees it (default), so that a process killed mid-run loses at most the event
         being written and the run can be recovered and marked incomplete
         (:func:`autofocus_plans.durable.recover_runs`). ``False`` gives the
         batched writer alone: a killed process loses every event of its run.
+    sync_interval_s : float or None
+        Least seconds between disk syncs of the journal: 0 (default) syncs at
+        every event, so that a power cut, too, loses at most one event; 1
+        syncs at most once a second (for a slow or busy disk; a power cut then
+        loses at most the last second).
 
     Returns
     -------
@@ -351,4 +373,6 @@ def subscribe_catalog(RE, catalog, cameras: Iterable[Any] = (), *, durable: bool
         return RE.subscribe(TiledWriter(catalog, backup_directory=backup))
     journals = journal_dir_for(catalog)
     recover_runs(catalog)  # a new writer starts: finish the runs of writers that died
-    return RE.subscribe(DurableWriter(catalog, journal_dir=journals))
+    return RE.subscribe(
+        DurableWriter(catalog, journal_dir=journals, sync_interval_s=sync_interval_s)
+    )

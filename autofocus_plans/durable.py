@@ -13,12 +13,13 @@ per frame (``benchmarks/bench_catalog.py``). So :class:`DurableWriter`
 1. appends every document, as it arrives and before the catalogue writer
    sees it, to a *journal* ``running/<uid>.jsonl`` (one JSON line per
    document, written straight to the operating system, which keeps it when the
-   process dies), then hands it to Bluesky's batched ``TiledWriter`` as before.
-   The journal is also ``fdatasync``-ed to disk at the start, descriptors and
-   stop and at most ``sync_interval_s`` (1 s) apart, so a power cut loses at
-   most the last second. (Syncing at every event costs a disk flush per frame:
-   on ext4 it also flushes the frame just written, ~30 ms for 512² frames here;
-   ``sync_interval_s=0`` does that.)
+   process dies, and ``fdatasync``-ed to disk at every event, so that a power
+   cut loses at most one event too), then hands it to Bluesky's batched
+   ``TiledWriter`` as before. The sync is a disk flush per frame (on ext4 it
+   also flushes the frame just written): a few ms on this machine's disk when
+   idle, tens of ms when other processes load it. ``sync_interval_s=1`` syncs
+   at most once a second instead (a power cut then loses at most the last
+   second; a killed process still at most one event).
 2. holds an ``flock`` on that journal for as long as the run is open. The
    kernel drops the lock when the process dies, however it dies, so a journal
    that someone else can lock belongs to a dead writer (no PID reuse or clock
@@ -143,7 +144,7 @@ class RunJournals:
     def path(self, uid: str) -> Path:
         return self.folder / f"{uid}{JOURNAL_SUFFIX}"
 
-    def open(self, uid: str, *, sync_interval_s: float | None = 1.0) -> _Journal:
+    def open(self, uid: str, *, sync_interval_s: float | None = 0.0) -> _Journal:
         """Create and lock the journal of run ``uid``; the writer keeps it open until the stop."""
         self.folder.mkdir(parents=True, exist_ok=True)
         header = {"uid": uid, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
@@ -273,11 +274,12 @@ class DurableWriter:
         Folder of the run journals (:func:`journal_dir_for`). Without one, each
         event is written to the catalogue as it arrives instead (durable, slower).
     sync_interval_s : float or None
-        Seconds between disk syncs (``fdatasync``) of the journal during a
-        run: a power cut loses at most this much (a killed process loses at
-        most the event being written, whatever this is). 0 syncs at every
-        event; None never (start, descriptor and stop are always synced
-        unless None).
+        Least seconds between disk syncs (``fdatasync``) of the journal during
+        a run: 0 (default) syncs at every event, so a power cut loses at most
+        one event; 1 at most once a second (a power cut loses at most the last
+        second); None never. A killed process loses at most the event being
+        written whatever this is. Start, descriptors and stop are always
+        synced unless None.
     """
 
     def __init__(
@@ -285,7 +287,7 @@ class DurableWriter:
         catalog,
         *,
         journal_dir: str | Path | None,
-        sync_interval_s: float | None = 1.0,
+        sync_interval_s: float | None = 0.0,
     ):
         from bluesky.callbacks.tiled_writer import BATCH_SIZE, TiledWriter
 
