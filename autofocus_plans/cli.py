@@ -90,8 +90,7 @@ def cmd_runs(args) -> int:
     count, summaries = listed if listed is not None else _runs_through_tiled(args)
     table = Table(title=f"{count} run(s)")
     for column in ("time", "uid", "plan", "sample", "status", "result"):
-        # a wrapped status or time is hard to read (and to grep): squeeze the others
-        table.add_column(column, no_wrap=column in ("time", "uid", "status"))
+        table.add_column(column)
     for s in summaries:
         status = s.exit_status
         if status.startswith(("incomplete", "running")):

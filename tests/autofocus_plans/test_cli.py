@@ -1,5 +1,6 @@
 """The `autofocus` command line, the demo in fast mode, and the README's commands."""
 
+import os
 import re
 import subprocess
 import sys
@@ -25,9 +26,16 @@ COMMANDS = [
 ]
 
 
-def _run(*args, cwd=None, check=True):
+def _run(*args, cwd=None, check=True, columns=None):
+    env = dict(os.environ, COLUMNS=str(columns)) if columns else None  # rich wraps at 80
     return subprocess.run(
-        [AUTOFOCUS, *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=check
+        [AUTOFOCUS, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=check,
+        env=env,
     )
 
 
@@ -172,7 +180,7 @@ def test_incomplete_runs_are_listed_shown_replayed_and_recovered(tmp_path, RE, m
     assert load_frames(catalog[empty]).shape == (0, 256, 256)
 
     at = ["--catalog", str(location)]
-    runs = _run("runs", *at).stdout
+    runs = _run("runs", *at, columns=200).stdout
     assert runs.count("incomplete (no stop)") == 2, runs
     shown = _run("show", cut[:8], *at).stdout
     assert "status: incomplete (no stop)" in shown and "stream primary: 5 event(s)" in shown
@@ -186,7 +194,7 @@ def test_incomplete_runs_are_listed_shown_replayed_and_recovered(tmp_path, RE, m
     recovered = _run("recover", cut[:8], empty[:8], *at).stdout
     assert f"run {cut[:8]}: marked incomplete, kept 5 primary" in recovered
     assert f"run {empty[:8]}: marked incomplete, kept 0 primary" in recovered
-    assert _run("runs", *at).stdout.count("incomplete (recovered)") == 2
+    assert _run("runs", *at, columns=200).stdout.count("incomplete (recovered)") == 2
     stop = open_catalog(location)[cut].stop
     assert stop["exit_status"] == "fail" and stop["num_events"] == {"primary": 5}
     assert np.array_equal(load_table(open_catalog(location)[cut])["z"], [-4, -2, 0, 2, 4])
