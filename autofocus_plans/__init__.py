@@ -2,29 +2,51 @@
 
 Plans take devices as arguments (camera, Z stage, LED illumination) and know
 nothing of how they are built; ``devices.SimMicroscope`` builds simulated ones.
+
+The public names below are imported on first use (PEP 562), so that
+``import autofocus_plans`` (and every ``autofocus`` command, ``--help``
+included) does not pay for bluesky, ophyd, scipy and Tiled until it needs them.
 """
 
-from .brenner import FOCUS_METHODS, brenner_sweep, fast_focus
-from .catalog import CatalogError, frames_dir_for, open_catalog, subscribe_catalog
-from .exposure import BadExposure, ExposureCheck, auto_exposure, judge_exposure
-from .learned import (
-    check_model_optics,
-    cnn_focus,
-    collect_training_set,
-    depth_of_field_from_devices,
-    track_focus,
-)
-from .peak import PeakFit, PeakVerdict, assess_peak, fit_peak
-from .replay import (
-    find_runs,
-    focus_curve,
-    load_frames,
-    load_table,
-    lookup_run,
-    reanalyze,
-    replay,
-)
-from .results import FocusResult, NoFocusFound
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+# public name -> submodule that defines it
+_EXPORTS = {
+    "FOCUS_METHODS": "brenner",
+    "brenner_sweep": "brenner",
+    "fast_focus": "brenner",
+    "CatalogError": "catalog",
+    "BadExposure": "exposure",
+    "ExposureCheck": "exposure",
+    "auto_exposure": "exposure",
+    "judge_exposure": "exposure",
+    "frames_dir_for": "catalog",
+    "open_catalog": "catalog",
+    "subscribe_catalog": "catalog",
+    "recover_runs": "durable",
+    "check_model_optics": "learned",
+    "cnn_focus": "learned",
+    "collect_training_set": "learned",
+    "depth_of_field_from_devices": "stubs",
+    "track_focus": "learned",
+    "PeakFit": "peak",
+    "PeakVerdict": "peak",
+    "assess_peak": "peak",
+    "fit_peak": "peak",
+    "find_runs": "replay",
+    "focus_curve": "replay",
+    "load_frames": "replay",
+    "load_table": "replay",
+    "lookup_run": "replay",
+    "reanalyze": "replay",
+    "replay": "replay",
+    "run_stop": "replay",
+    "FocusResult": "results",
+    "NoFocusFound": "results",
+}
 
 __all__ = [
     "FOCUS_METHODS",
@@ -53,7 +75,57 @@ __all__ = [
     "lookup_run",
     "open_catalog",
     "reanalyze",
+    "recover_runs",
     "replay",
+    "run_stop",
     "subscribe_catalog",
     "track_focus",
 ]
+
+if TYPE_CHECKING:  # static analysers and IDEs see the real names
+    from .brenner import FOCUS_METHODS, brenner_sweep, fast_focus
+    from .catalog import CatalogError, frames_dir_for, open_catalog, subscribe_catalog
+    from .durable import recover_runs
+    from .exposure import BadExposure, ExposureCheck, auto_exposure, judge_exposure
+    from .learned import (
+        check_model_optics,
+        cnn_focus,
+        collect_training_set,
+        track_focus,
+    )
+    from .peak import PeakFit, PeakVerdict, assess_peak, fit_peak
+    from .replay import (
+        find_runs,
+        focus_curve,
+        load_frames,
+        load_table,
+        lookup_run,
+        reanalyze,
+        replay,
+        run_stop,
+    )
+    from .results import FocusResult, NoFocusFound
+    from .stubs import depth_of_field_from_devices
+
+
+# The function ``replay`` shares its name with the submodule ``replay``: importing the
+# submodule (as the CLI and the catalogue code do) would bind the package attribute to
+# the module, hiding the function from ``from autofocus_plans import replay``. Binding
+# the function here, after that first import, keeps the name what it always was; the
+# submodule only costs numpy.
+from . import replay as _replay_module  # noqa: E402
+
+replay = _replay_module.replay
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -46,6 +46,7 @@ __all__ = ["FOCUS_METHODS", "brenner_sweep", "fast_focus"]
 FOCUS_METHODS = ("coarse_to_fine", "golden")
 _GOLDEN = (math.sqrt(5) - 1) / 2
 _MAX_EXPOSURE_FRAMES = 6
+_LONGEST_CHECKED_EXPOSURE_S = 1.0  # a focus search lengthens a dim exposure up to this
 
 
 def _measure_key(camera, metric: str) -> str:
@@ -94,7 +95,11 @@ class _FocusCurve:
         self.resumed = False
         self.discarded = 0
         self.exposure = getattr(camera, "exposure_time", None)
-        self.exposure_limits = ExposureLimits.of(camera) if self.exposure is not None else None
+        self.exposure_limits = (
+            ExposureLimits.of(camera, _LONGEST_CHECKED_EXPOSURE_S)
+            if self.exposure is not None
+            else None
+        )
         self.exposure_settled = not (check_exposure and self.exposure is not None)
         self.exposure_frames = 0
         # a child signal of the camera would be dropped from its reading: a reading of our own

@@ -1,4 +1,9 @@
-"""``autofocus`` command line: demo, runs, show, replay, serve, collect, train, evaluate, shell."""
+"""``autofocus`` command line: demo, runs, show, replay, recover, serve, collect, train,
+evaluate, shell.
+
+Every command imports what it needs inside its function, so ``autofocus --help`` and
+the quick commands do not pay for bluesky, ophyd, torch or Tiled's server.
+"""
 
 from __future__ import annotations
 
@@ -25,41 +30,96 @@ def _catalog_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _create_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--create",
+        action="store_true",
+        help="make a new, empty catalogue at --catalog if there is none there "
+        "(without it, only the default location is created on first use)",
+    )
+
+
+def _open(args):
+    from .catalog import open_catalog
+
+    return open_catalog(args.catalog, create=getattr(args, "create", False))
+
+
 def _console():
     from rich.console import Console
 
     return Console()
 
 
-# -- runs / show / replay ------------------------------------------------------------
-def cmd_runs(args) -> int:
-    from rich.table import Table
+def _journals(catalog):
+    from .durable import RunJournals, journal_dir_for
 
-    from .catalog import open_catalog
+    folder = journal_dir_for(catalog)
+    return RunJournals(folder) if folder is not None else None
+
+
+# -- runs / show / replay / recover ------------------------------------------------------
+def _runs_through_tiled(args):
     from .replay import find_runs, iterate_runs, summarize_run
 
-    catalog = open_catalog(args.catalog)
+    catalog = _open(args)
     results = find_runs(
         catalog, plan_name=args.plan, sample=args.sample, since=args.since, until=args.until
     )
-    table = Table(title=f"{len(results)} run(s)")
+    journals = _journals(catalog)
+    return len(results), [summarize_run(r, journals) for r in iterate_runs(results, args.limit)]
+
+
+def cmd_runs(args) -> int:
+    from rich.table import Table
+
+    from .catalog import CATALOG_DB, catalog_root
+
+    listed = None
+    root = catalog_root(args.catalog)
+    if root is not None and (root / CATALOG_DB).is_file():
+        # an existing embedded catalogue: read its SQLite files, no Tiled server to start
+        from .runlist import quick_summaries
+
+        listed = quick_summaries(
+            root,
+            plan_name=args.plan,
+            sample=args.sample,
+            since=args.since,
+            until=args.until,
+            limit=args.limit,
+        )
+    count, summaries = listed if listed is not None else _runs_through_tiled(args)
+    table = Table(title=f"{count} run(s)")
     for column in ("time", "uid", "plan", "sample", "status", "result"):
         table.add_column(column)
-    for run in iterate_runs(results, args.limit):
-        s = summarize_run(run)
-        table.add_row(s.time, s.uid, s.plan, s.sample, s.exit_status, s.result)
-    _console().print(table)
+    for s in summaries:
+        status = s.exit_status
+        if status.startswith(("incomplete", "running")):
+            status = f"[yellow]{status}[/yellow]"
+        table.add_row(s.time, s.uid, s.plan, s.sample, status, s.result)
+    console = _console()
+    console.print(table)
+    crashed = sum(s.exit_status == "incomplete (crashed)" for s in summaries)
+    if crashed:
+        console.print(
+            f"{crashed} run(s) were left without a stop document by a process that died; "
+            "`autofocus recover` marks them incomplete and keeps their events."
+        )
     return 0
 
 
 def cmd_show(args) -> int:
     import json
 
-    from .catalog import open_catalog
-    from .replay import load_table, lookup_run
+    from .durable import run_status
+    from .replay import load_table, lookup_run, run_stop
 
-    run = lookup_run(open_catalog(args.catalog), args.uid)
-    start, stop = run.start, run.stop or {}
+    catalog = _open(args)
+    run = lookup_run(catalog, args.uid)
+    start, stop = run.start, run_stop(run)
+    journals = _journals(catalog)
+    journal_state = journals.state(start["uid"]) if journals is not None and stop is None else None
     console = _console()
     console.print(f"[bold]run {start['uid']}[/bold]")
     for key in (
@@ -73,9 +133,14 @@ def cmd_show(args) -> int:
     ):
         if key in start:
             console.print(f"  {key}: {start[key]}")
-    console.print(f"  exit_status: {stop.get('exit_status', 'running')}  {stop.get('reason', '')}")
+    status = run_status(stop, journal_state)
+    reason = (stop or {}).get("reason", "")
+    if status.startswith(("incomplete", "running")):
+        status = f"[yellow]{status}[/yellow]"
+    console.print(f"  status: {status}  {reason}".rstrip())
     for stream in run:
-        n = stop.get("num_events", {}).get(stream, "?")
+        counts = (stop or {}).get("num_events", {})
+        n = counts[stream] if stream in counts else len(load_table(run, stream)["time"])
         console.print(f"  stream {stream}: {n} event(s), keys {sorted(run[stream].keys())}")
     if "focus_result" in run:
         table = load_table(run, "focus_result")
@@ -92,27 +157,32 @@ FIT_KEYS = ("amplitude", "center", "sigma", "offset")  # plot_focus_curve's fit 
 def cmd_replay(args) -> int:
     from bluesky.callbacks import LiveTable
 
-    from .catalog import open_catalog
-    from .replay import focus_curve, load_table, lookup_run, replay
+    from .replay import focus_curve, load_table, lookup_run, replay, run_stop
 
-    run = lookup_run(open_catalog(args.catalog), args.uid)
+    run = lookup_run(_open(args), args.uid)
     start = run.start
     fields = list(start.get("motors") or [])
     metric = start.get("metric", "brenner")
     fields += [f"{d}_{metric}" for d in start.get("detectors", [])]
-    count = replay(run, LiveTable(fields or None))
-    print(f"replayed {count} documents of run {start['uid'][:8]}")
+    count = replay(run, LiveTable(fields))
+    note = "" if run_stop(run) else " (no stop document: the run is running or incomplete)"
+    print(f"replayed {count} documents of run {start['uid'][:8]}{note}")
     if args.plot:
         from .plots import plot_focus_curve
 
+        if "primary" not in run or not len(load_table(run)["time"]):
+            print(f"run {start['uid'][:8]} holds no events yet; no focus curve written")
+            return 0
         _motor, z, measure, values = focus_curve(run)
         best = fit = note = None
         result = load_table(run, "focus_result") if "focus_result" in run else {}
-        if result and int(result.get("found", [1])[-1]):
+        if result and len(result.get("best_z", [])) and int(result.get("found", [1])[-1]):
             best = float(result["best_z"][-1])
             fit = tuple(float(result[f"fit_{k}"][-1]) for k in FIT_KEYS)
         elif "method" in start:  # a focus search that concluded nothing
-            note = "no focus found: " + ((run.stop or {}).get("reason") or "the run has no result")
+            note = "no focus found: " + (
+                (run_stop(run) or {}).get("reason") or "the run has no result"
+            )
         path = plot_focus_curve(
             z,
             values,
@@ -124,6 +194,20 @@ def cmd_replay(args) -> int:
             title=f"run {start['uid'][:8]}",
         )
         print(f"focus curve written to {path}" + (f" ({note})" if note else ""))
+    return 0
+
+
+def cmd_recover(args) -> int:
+    from .durable import recover_runs
+
+    done = recover_runs(_open(args), args.uids or None)
+    for result in done:
+        print(result)
+    if not done:
+        print(
+            "no writer had died: nothing to recover (a run without a stop document and "
+            "without a journal is closed only when named: `autofocus recover UID`)"
+        )
     return 0
 
 
@@ -193,10 +277,10 @@ def _progress_callback(total: int, description: str):
 def cmd_collect(args) -> int:
     from bluesky import RunEngine
 
-    from .catalog import open_catalog, subscribe_catalog
+    from .catalog import subscribe_catalog
     from .learned import collect_training_set
 
-    catalog = open_catalog(args.catalog)
+    catalog = _open(args)
     mic = _simulated_microscope(args)
     RE = RunEngine({}, call_returns_result=True)
     subscribe_catalog(RE, catalog, cameras=[mic.camera])
@@ -237,9 +321,7 @@ def _training_runs(catalog, training_set: str):
 def cmd_train(args) -> int:
     import models
 
-    from .catalog import open_catalog
-
-    runs = _training_runs(open_catalog(args.catalog), args.training_set)
+    runs = _training_runs(_open(args), args.training_set)
     examples = models.examples_from_runs(runs)
     model = models.train(
         examples,
@@ -262,11 +344,10 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     import models
 
-    from .catalog import open_catalog
     from .plots import plot_predictions
 
     model = models.load_model(args.model)
-    runs = _training_runs(open_catalog(args.catalog), args.training_set)
+    runs = _training_runs(_open(args), args.training_set)
     trained_on = set(model.metadata.get("training_run_uids", []))
     held_out = [r for r in runs if r.start["uid"] not in trained_on]
     if not held_out:
@@ -363,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("runs", help="list stored runs (newest first)")
     _catalog_arg(p)
+    _create_arg(p)
     p.add_argument("--plan", help="only runs of this plan_name")
     p.add_argument("--sample", help="only runs of this sample")
     p.add_argument("--since", help="only runs after this time, e.g. '2026-11-27 09:00'")
@@ -372,15 +454,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="describe one run")
     _catalog_arg(p)
+    _create_arg(p)
     p.add_argument("uid", help="run uid or its first 6+ characters")
     p.add_argument("--metadata", action="store_true", help="print the whole start document")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("replay", help="re-emit a run's documents into a LiveTable; plot it")
     _catalog_arg(p)
+    _create_arg(p)
     p.add_argument("uid", help="run uid or its first 6+ characters")
     p.add_argument("--plot", metavar="FILE.png", help="write the focus curve to this PNG")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser(
+        "recover", help="mark runs whose writing process died as incomplete, keeping their events"
+    )
+    _catalog_arg(p)
+    _create_arg(p)
+    p.add_argument(
+        "uids",
+        nargs="*",
+        metavar="UID",
+        help="runs to recover (default: every run whose writing process died)",
+    )
+    p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("serve", help="serve a catalogue over HTTP (Tiled) on this machine")
     p.add_argument(
@@ -395,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("collect", help="collect a training set on the simulated microscope")
     _catalog_arg(p)
+    _create_arg(p)
     p.add_argument("--sample", default="tissue", help="sample family (default tissue)")
     p.add_argument("--fields", type=int, default=16, help="fields of view (default 16)")
     p.add_argument("--first-field", type=int, default=0, help="index of the first field")
@@ -405,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a defocus model on a collected training set")
     _catalog_arg(p)
+    _create_arg(p)
     p.add_argument("--training-set", default="default", help="which set (default 'default')")
     p.add_argument("--architecture", default="DefocusCNN", choices=["DefocusCNN", "FourierMLP"])
     p.add_argument("--epochs", type=int, default=40, help="most epochs (early stopping)")
@@ -416,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a model on held-out runs; report and plots")
     _catalog_arg(p)
+    _create_arg(p)
     p.add_argument("model", help="checkpoint (.safetensors) written by `autofocus train`")
     p.add_argument("--training-set", default="holdout", help="set to evaluate on (default holdout)")
     p.add_argument("--output", default="evaluation", help="folder for the report and PNGs")

@@ -86,7 +86,7 @@ def run_demo(
         )
 
     step("opening the embedded catalogue")
-    cat = open_catalog(catalog)
+    cat = open_catalog(catalog, create=True)  # the demo makes its catalogue wherever it is told
     RE = RunEngine({}, call_returns_result=True)
     mic = SimMicroscope(sample, seed=seed, focus_um=12.3, time_scale=0)
     subscribe_catalog(RE, cat, cameras=[mic.camera])

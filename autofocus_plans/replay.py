@@ -19,6 +19,7 @@ __all__ = [
     "lookup_run",
     "reanalyze",
     "replay",
+    "run_stop",
     "summarize_run",
 ]
 
@@ -76,34 +77,77 @@ def replay(run, callbacks: Callable | Iterable[Callable]) -> int:
     Works with any document callback: ``LiveTable``, ``BestEffortCallback``,
     a ``RunRouter``, a plotting function. The stored documents are
     reconstructed by the catalogue (Tiled's ``application/json-seq``
-    export): the same data, not necessarily the original byte order.
+    export): the same data, not necessarily the original byte order. A run
+    without a stop document (still running, or its writer died) is replayed
+    as far as it goes, without a stop document.
     """
     callbacks = [callbacks] if callable(callbacks) else list(callbacks)
     count = 0
     for name, doc in run.documents():
+        if name == "stop" and not doc:
+            continue  # the exporter stands in {} for a missing stop document
         for callback in callbacks:
             callback(name, doc)
         count += 1
     return count
 
 
+def run_stop(run) -> dict | None:
+    """The run's stop document, or None while it has none (running, or its writer died)."""
+    return run.metadata.get("stop") or None
+
+
+def _stream_base(run, stream: str):
+    node = run[stream]
+    return node, getattr(node, "base", node)
+
+
 def load_table(run, stream: str = "primary") -> dict[str, np.ndarray]:
-    """Every scalar column of ``stream`` as numpy arrays (images left out)."""
-    dataset = run[stream].read()
-    return {
-        name: np.asarray(var.values) for name, var in dataset.data_vars.items() if var.ndim == 1
-    } | {"time": np.asarray(dataset["time"].values)}
+    """Every scalar column of ``stream`` as numpy arrays (images left out), and ``time``.
+
+    Reads the stream's event table only (never the images). A stream with no
+    events yet gives empty columns; a run cut short gives the rows it stored.
+    """
+    node, base = _stream_base(run, stream)
+    data_keys = node.metadata.get("data_keys", {})
+    scalars = [
+        k for k, v in data_keys.items() if not v.get("external") and not list(v.get("shape", []))
+    ]
+    frame = base["internal"].read() if "internal" in base else None
+    if frame is not None and not data_keys:  # no descriptor to go by: every plain column
+        scalars = [c for c in frame.columns if c not in ("seq_num", "time", "_dataset_id")]
+        scalars = [c for c in scalars if not c.startswith("ts_")]
+    columns = {}
+    for key in scalars:
+        if frame is None or key not in frame:
+            columns[key] = np.array([], dtype=float)
+        else:
+            columns[key] = np.asarray(frame[key].to_numpy())
+    times = frame["time"].to_numpy() if frame is not None else np.array([], dtype=float)
+    return columns | {"time": np.asarray(times, dtype=float)}
 
 
 def load_frames(run, key: str | None = None, stream: str = "primary") -> np.ndarray:
-    """The stored frames of ``stream`` as a ``(n, height, width)`` array."""
-    node = run[stream]
+    """The stored frames of ``stream`` as a ``(n, height, width)`` array.
+
+    A run cut short gives the frames it stored (possibly one more than its
+    events: a frame is registered just before its event); a stream with no
+    frames yet gives an empty ``(0, height, width)`` array.
+    """
+    node, base = _stream_base(run, stream)
+    data_keys = node.metadata.get("data_keys", {})
     if key is None:
-        images = [k for k in node if k.endswith("_image")]
+        images = [k for k in data_keys if k.endswith("_image")] or [
+            k for k in base if k.endswith("_image")
+        ]
         if not images:
             raise KeyError(f"Stream {stream!r} of run {run.start['uid'][:8]} holds no images.")
         key = images[0]
-    return np.asarray(node[key].read())
+    if key not in base:
+        shape = [0, *list(data_keys.get(key, {}).get("shape", []))[-2:]]
+        dtype = data_keys.get(key, {}).get("dtype_numpy") or "<u2"
+        return np.zeros(shape, dtype=dtype)
+    return np.asarray(base[key].read())
 
 
 def _search_rows(table: dict[str, np.ndarray], start: dict) -> np.ndarray:
@@ -152,14 +196,19 @@ def reanalyze(run, metric: str = "brenner", stream: str = "primary"):
 
     measure = focus_measure(metric)
     frames = load_frames(run, stream=stream)
-    rows = _search_rows(load_table(run, stream), run.start)[: len(frames)]
+    rows = _search_rows(load_table(run, stream), run.start)
     _motor, z, _, _ = focus_curve(run, stream)
-    values = np.array([measure(frame) for frame in frames[rows]])
-    return fit_peak(z[: len(values)], values)
+    common = min(len(frames), len(rows))
+    frames = frames[:common][rows[:common]]
+    n = min(len(frames), len(z))  # a run cut short may hold one frame more than events
+    values = np.array([measure(frame) for frame in frames[:n]])
+    return fit_peak(z[:n], values)
 
 
 @dataclass
 class RunSummary:
+    """One row of ``autofocus runs``."""
+
     time: str
     uid: str
     plan: str
@@ -168,25 +217,37 @@ class RunSummary:
     result: str
 
 
-def summarize_run(run) -> RunSummary:
-    start = run.start
-    stop = run.stop or {}
-    result = ""
-    if "focus_result" in run:
-        table = load_table(run, "focus_result")
-        if "found" in table and len(table["found"]) and not int(table["found"][-1]):
-            result = "no focus found"
-        elif "best_z" in table and len(table["best_z"]):
-            result = f"best z {float(table['best_z'][-1]):.2f} µm"
+def make_summary(start: dict, stop: dict | None, best_z: float | None, journal_state: str | None):
+    """The :class:`RunSummary` of a run from its documents (shared by both listing paths)."""
+    from .durable import run_status
+
     when = dt.datetime.fromtimestamp(start["time"]).strftime("%Y-%m-%d %H:%M:%S")
     return RunSummary(
         when,
         start["uid"][:8],
-        start.get("plan_name", "?"),
+        str(start.get("plan_name", "?")),
         str(start.get("sample", "")),
-        stop.get("exit_status", "running"),
-        result,
+        run_status(stop, journal_state),
+        ""
+        if best_z is None
+        else "no focus found"
+        if np.isnan(best_z)
+        else f"best z {best_z:.2f} µm",
     )
+
+
+def summarize_run(run, journals=None) -> RunSummary:
+    """Summarise ``run``; ``journals`` (a :class:`~autofocus_plans.durable.RunJournals`) tells
+    a running run from one whose writer died."""
+    start = run.start
+    stop = run_stop(run)
+    best_z = None
+    if "focus_result" in run:
+        table = load_table(run, "focus_result")
+        if "best_z" in table and len(table["best_z"]):
+            best_z = float(table["best_z"][-1])
+    journal_state = journals.state(start["uid"]) if journals is not None and stop is None else None
+    return make_summary(start, stop, best_z, journal_state)
 
 
 def iterate_runs(results, limit: int) -> Iterator[Any]:

@@ -4,7 +4,7 @@ Every module ``benchmarks/bench_*.py`` exposes ``run(quick: bool) -> str``, whic
 returns a markdown section (a ``## Title`` heading, its configuration and a
 table). Usage::
 
-    python -m benchmarks [--quick] [--only NAME] [--output PATH]
+    python -m benchmarks [--quick] [--only NAME ...] [--output PATH]
 """
 
 from __future__ import annotations
@@ -51,13 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
-    parser.add_argument("--only", metavar="NAME", help="run benchmarks whose name contains NAME")
+    parser.add_argument(
+        "--only",
+        metavar="NAME",
+        action="append",
+        help="run benchmarks whose name contains NAME (repeat for several)",
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="report path")
     args = parser.parse_args(argv)
 
-    names = [n for n in discover() if args.only is None or args.only in n]
+    names = [n for n in discover() if not args.only or any(o in n for o in args.only)]
     if not names:
-        parser.error(f"no benchmark matches {args.only!r}; available: {', '.join(discover())}")
+        parser.error(f"no benchmark matches {args.only}; available: {', '.join(discover())}")
     sections = [header(args.quick, argv)]
     started = time.perf_counter()
     for i, name in enumerate(names, 1):

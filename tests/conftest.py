@@ -36,7 +36,7 @@ def mic(tmp_path):
 def catalog(tmp_path):
     from autofocus_plans import open_catalog
 
-    return open_catalog(tmp_path / "catalog")
+    return open_catalog(tmp_path / "catalog", create=True)
 
 
 @pytest.fixture

@@ -67,7 +67,7 @@ def test_data_persist_across_processes(tmp_path):
         from bluesky import RunEngine
         from autofocus_plans import open_catalog, subscribe_catalog
         from devices import SimMicroscope
-        catalog = open_catalog({str(location)!r})
+        catalog = open_catalog({str(location)!r}, create=True)
         mic = SimMicroscope("bars", seed=3, time_scale=0)
         RE = RunEngine({{}})
         subscribe_catalog(RE, catalog, cameras=[mic.camera])
@@ -111,7 +111,7 @@ def test_unwritable_catalogue_path_fails_before_any_exposure(tmp_path, mic):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the catalogue folder should be")
     with pytest.raises(CatalogError, match=r"Cannot write the catalogue at .*choose a folder"):
-        open_catalog(blocker / "catalog")
+        open_catalog(blocker / "catalog", create=True)
     assert mic.camera.last_frame is None
 
 
@@ -149,3 +149,91 @@ def test_unreachable_server_is_one_sentence():
         CatalogError, match=r"Cannot reach the catalogue server at http://127.0.0.1:9"
     ):
         open_catalog("http://127.0.0.1:9", api_key="x")
+
+
+# -- where a catalogue may be opened or created ---------------------------------------------
+@pytest.mark.parametrize(
+    "location", ["htp://127.0.0.1:8765", "http:///no-host", "ftp://example.org/catalog"]
+)
+def test_url_that_is_not_http_with_a_host_is_refused(tmp_path, monkeypatch, location):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CatalogError, match=r"is not a catalogue server URL: give http://HOST"):
+        open_catalog(location)
+    assert list(tmp_path.iterdir()) == []  # no folder named after the typo
+
+
+def test_folder_that_is_not_a_catalogue_is_refused_even_with_create(tmp_path):
+    folder = tmp_path / "my-thesis"
+    folder.mkdir()
+    (folder / "chapter1.tex").write_text("precious")
+    for create in (False, True):
+        with pytest.raises(CatalogError, match=r"is a folder but not a catalogue .*--create"):
+            open_catalog(folder, create=create)
+    assert sorted(p.name for p in folder.iterdir()) == ["chapter1.tex"]
+    with pytest.raises(CatalogError, match=r"is a file, not a catalogue folder"):
+        open_catalog(folder / "chapter1.tex")
+
+
+def test_new_catalogue_only_with_create_or_at_the_default_location(tmp_path, monkeypatch):
+    typo = tmp_path / "catalgo"
+    with pytest.raises(CatalogError, match=r"There is no catalogue at .*catalgo.*--create"):
+        open_catalog(typo)
+    assert not typo.exists()
+    assert len(open_catalog(typo, create=True)) == 0
+    assert (typo / "catalog.db").is_file()
+    assert len(open_catalog(typo)) == 0  # now it is one: no create needed
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AUTOFOCUS_CATALOG", raising=False)
+    open_catalog()
+    assert (tmp_path / "autofocus-data" / "catalog.db").is_file()
+
+
+def test_quick_listing_reads_the_same_rows_as_tiled(catalog_RE, catalog, mic):
+    """`autofocus runs` reads an embedded catalogue's SQLite files directly; same rows."""
+    import time
+
+    from autofocus_plans import brenner_sweep, find_runs
+    from autofocus_plans.durable import DurableWriter, RunJournals, journal_dir_for
+    from autofocus_plans.replay import iterate_runs, summarize_run
+    from autofocus_plans.runlist import quick_summaries
+
+    sweep = catalog_RE(
+        brenner_sweep(mic.camera, mic.z, mic.led, -10, 10, 11, md={"sample": "cells:1"})
+    ).plan_result
+    (uid_count,) = catalog_RE(bp.count([mic.camera], 2), sample="beads:2").run_start_uids
+    middle = time.time()
+    from bluesky import RunEngine
+
+    writer = DurableWriter(catalog, journal_dir=None)
+    cut_short = RunEngine({})  # a writer that dies before the stop document
+    cut_short.subscribe(lambda name, doc: name != "stop" and writer(name, doc))
+    cut_short(bp.count([mic.camera], 1), sample="beads:2")
+
+    journals = RunJournals(journal_dir_for(catalog))
+    filters = [
+        {},
+        {"plan_name": "count"},
+        {"sample": "beads:2"},
+        {"since": middle},
+        {"until": middle},
+        {"plan_name": "brenner_sweep", "since": "2000-01-01", "until": "2999-12-31 23:59"},
+        {"limit": 2},
+    ]
+    for query in filters:
+        query = {"limit": 20} | query
+        limit = query.pop("limit")
+        results = find_runs(catalog, **query)
+        rows = [summarize_run(r, journals) for r in iterate_runs(results, limit)]
+        assert quick_summaries(catalog.autofocus_root, limit=limit, **query) == (len(results), rows)
+    count, rows = quick_summaries(catalog.autofocus_root)
+    assert count == 3
+    assert [r.exit_status for r in rows] == ["incomplete (no stop)", "success", "success"]
+    assert rows[1].uid == uid_count[:8] and rows[2].result == f"best z {sweep.best_z:.2f} µm"
+
+
+def test_two_embedded_catalogues_in_one_process(catalog, tmp_path):
+    # Tiled's server settings are process-wide: a second in-process catalogue once
+    # replaced the API key and locked the first one's client out (HTTP 401)
+    other = open_catalog(tmp_path / "other", create=True)
+    assert (len(catalog), len(other)) == (0, 0)

@@ -21,7 +21,7 @@ def trained(tmp_path_factory):
     from bluesky import RunEngine
 
     root = tmp_path_factory.mktemp("learned")
-    catalog = open_catalog(root / "catalog")
+    catalog = open_catalog(root / "catalog", create=True)
     mic = SimMicroscope("tissue", seed=0, time_scale=0)
     RE = RunEngine({}, call_returns_result=True)
     subscribe_catalog(RE, catalog, cameras=[mic.camera])
