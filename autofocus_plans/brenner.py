@@ -17,7 +17,6 @@ taken before the pause.
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from typing import Any
@@ -499,29 +498,66 @@ def _vertex_estimate(curve: _FocusCurve) -> float:
     return vertex if vertex is not None and z[0] <= vertex <= z[-1] else float(z[k])
 
 
+def _widest_bright_gap(curve: _FocusCurve) -> float | None:
+    """Midpoint of the unexplored stretch most likely to hide a narrow peak, if any is left.
+
+    A gap wider than 1.2 DOF can hide the narrowest focus peak (sigma ~0.4 DOF);
+    such gaps are weighed by their width (squared: the wider, the more it can
+    hide) and by how high the curve is at their ends (a missed peak raises
+    the samples either side of it).
+    """
+    z, values = curve.sorted()
+    gaps = np.diff(z)
+    if gaps.size == 0 or gaps.max() <= 1.2 * curve.dof_um:
+        return None
+    span = float(np.ptp(values)) or 1.0
+    level = (values - values.min()) / span
+    score = np.where(
+        gaps > 1.2 * curve.dof_um, gaps**2 * (np.maximum(level[:-1], level[1:]) + 0.1), 0
+    )
+    k = int(np.argmax(score))
+    return float((z[k] + z[k + 1]) / 2)
+
+
 def _parabola_refine(curve: _FocusCurve, tolerance_um: float, budget: int, false_alarm: float):
     """Coarse-to-fine: a pair of exposures half a DOF either side of the vertex, then judge.
 
     Half a depth of field is where a focus peak is still high but already
     curved, so the pair pins its top down and the fit over all samples does
-    the rest. While the peak test is not yet convinced (a faint peak in
-    noise), more exposures go to the top and the shoulders of the current
-    estimate, repeats included: each is a new look through the noise.
+    the rest. While the peak test is not yet convinced, the next exposure
+    goes where its verdict points: beside a single high sample (is it a
+    peak?), to the top of a candidate that nearly stands out of the noise (a
+    new look through it), or, with no candidate at all, into the widest gap
+    of the coarse scan that could hide a narrow peak.
     """
     estimate = _vertex_estimate(curve)
     half = max(0.5 * curve.dof_um, tolerance_um)
     for z in (estimate - half, estimate + half):
         if curve.exposures < budget:
             yield from curve.measure(float(np.clip(z, curve.low, curve.high)))
-    offsets = (0.0, -0.8, 0.8, 0.0, -0.3, 0.3)
-    for k in itertools.count():
-        if curve.exposures >= budget:
-            return
+    while curve.exposures < budget:
         verdict = curve.verdict(false_alarm)
-        if verdict.found or verdict.failed in ("saturated", "points", "ambiguous", "open"):
+        if verdict.found or verdict.failed in ("saturated", "points", "open", "ambiguous"):
             return
-        target = _vertex_estimate(curve) + offsets[k % len(offsets)] * curve.dof_um
+        if verdict.failed == "support":  # one high sample: look either side of it
+            target = _beside_the_top(curve)
+        elif verdict.significance >= 0.5 * verdict.threshold:  # a candidate in the noise
+            target = _vertex_estimate(curve)
+        else:  # nothing yet: a narrow peak may hide in a gap of the coarse scan
+            gap = _widest_bright_gap(curve)
+            target = gap if gap is not None else _vertex_estimate(curve)
         yield from curve.measure(float(np.clip(target, curve.low, curve.high)))
+
+
+def _beside_the_top(curve: _FocusCurve) -> float:
+    """Half a DOF from the highest sample, on the side with no sample that close yet."""
+    z, values = curve.sorted()
+    top = float(z[int(np.argmax(values))])
+    half = 0.5 * curve.dof_um
+    for candidate in (top - half, top + half):
+        if np.min(np.abs(z - candidate)) > 0.3 * curve.dof_um:
+            return candidate
+    return top
 
 
 def fast_focus(
@@ -547,13 +583,14 @@ def fast_focus(
 ):
     """Find focus with as few exposures as possible.
 
-    A coarse scan, about 1.6 depths of field apart (a focus peak is at
-    least ~0.4 DOF wide, with broad tails, so it cannot hide between two
-    samples), brackets the peak, extending the range while the peak is open
-    on one side; then ``method`` refines it: ``"coarse_to_fine"`` places a
-    pair of exposures half a DOF either side of the vertex of a parabola
-    through log(measure), and more at the top and the shoulders only while
-    the peak test is not yet convinced (up to ``max_exposures``);
+    A coarse scan, at most 1.85 depths of field apart (a focus peak is at
+    least ~0.4 DOF wide with broad tails, so it shows in at least one
+    neighbour), brackets the peak, extending the range while the peak is
+    open on one side; then ``method`` refines it: ``"coarse_to_fine"``
+    places a pair of exposures half a DOF either side of the vertex of a
+    parabola through log(measure), and more, only while the peak test is not
+    yet convinced (up to ``max_exposures``), in the gaps the coarse scan left
+    and at the top;
     ``"golden"`` runs a golden-section search inside the
     bracket down to ``tolerance_um``. The same peak test as
     :func:`brenner_sweep` judges all the samples, and the focus is the fit
@@ -607,7 +644,7 @@ def fast_focus(
     def search(curve, low, high):
         tolerance = tolerance_um or 0.1 * curve.dof_um
         span_dof = (high - low) / curve.dof_um
-        points = coarse_points or int(np.clip(np.ceil(span_dof / 1.6), 4, 30)) + 1
+        points = coarse_points or int(np.clip(np.ceil(span_dof / 1.85), 4, 30)) + 1
         yield from curve.scan(np.linspace(low, high, points))
         step = (high - low) / (points - 1)
         _, extensions = yield from _judge(curve, step, 2, max_extensions, false_alarm)

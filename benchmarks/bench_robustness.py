@@ -117,21 +117,70 @@ def microscope(objective: str, sample, *, focus_um: float = 0.0, seed: int = 0):
     return mic
 
 
-# -- the physics: does Brenner mark focus for this sample and optics? ------------------------
-def noise_free_peak(objective: str, sample_name: str, seed: int) -> tuple[bool, float]:
-    """(has a focus peak, Brenner's bias in DOF) from the noise-free curve."""
-    from models.focus_measures import brenner
+# -- the physics: does Brenner mark focus for this sample and optics, and can a camera see it? ----
+@dataclass(frozen=True)
+class Physics:
+    """What the noise-free Brenner curve of a cell says (positions in DOF from focus)."""
+
+    has_peak: bool  # the curve peaks within 1 DOF of focus, and focus is no dip
+    bias_dof: float  # where it peaks
+    snr: dict[str, float]  # per light: peak height over one frame's Brenner noise
+
+
+def _expected_adu(mic, intensity: np.ndarray, exposure_s: float) -> np.ndarray:
+    """The mean frame the camera records for a noise-free intensity (no noise, clipped)."""
+    sensor, leds = mic.model.sensor, mic.model.leds
+    electrons = intensity * leds.photon_rate * exposure_s * sensor.quantum_efficiency
+    electrons = np.minimum(electrons, sensor.full_well_e)
+    adu = electrons / mic.camera.electrons_per_adu.get() + sensor.offset_adu
+    return np.clip(adu, 0, sensor.max_adu)
+
+
+def _settled_exposure(mic, frame_at, exposure_s: float) -> float:
+    """The exposure the searches' check settles on for this field (from noise-free frames)."""
+    from autofocus_plans.exposure import ExposureLimits, judge_exposure
+
+    limits = ExposureLimits.of(mic.camera, 1.0)
+    for _ in range(6):
+        adu = frame_at(exposure_s)
+        saturated = float(np.mean(adu >= mic.model.sensor.max_adu))
+        new = judge_exposure(limits, exposure_s, adu.mean(), adu.max(), saturated)
+        if new is None:
+            break
+        exposure_s = new
+    return exposure_s
+
+
+def noise_free_peak(objective: str, sample_name: str, seed: int) -> Physics:
+    from models.focus_measures import brenner, brenner_noise
 
     mic = microscope(objective, make_sample(sample_name, seed))
     dof = mic.depth_of_field_um
     sources = mic.led.source_points()
     coarse = np.arange(-RANGE_DOF, RANGE_DOF + 1e-9, 0.25) * dof
-    values = np.array([brenner(mic.model.intensity(float(z), sources)) for z in coarse])
+    clean = [mic.model.intensity(float(z), sources) for z in coarse]
+    values = np.array([brenner(c) for c in clean])
     k = int(np.argmax(values))
     fine = coarse[k] + np.arange(-0.25, 0.2501, 0.05) * dof
     fine_values = np.array([brenner(mic.model.intensity(float(z), sources)) for z in fine])
-    best = float(fine[int(np.argmax(fine_values))]) / dof
-    return abs(best) <= 1.0, best
+    bias = float(fine[int(np.argmax(fine_values))]) / dof
+    at = {round(float(z) / dof, 2): v for z, v in zip(coarse, values, strict=True)}
+    dip = at[0.0] < min(at[-1.0], at[1.0])  # contrast vanishing in focus: a phase object
+    has_peak = abs(bias) <= 1.0 and not dip
+    focus_index = int(np.argmin(np.abs(coarse)))
+    snr = {}
+    for light, brightness in LIGHTS.items():
+
+        def frame_at(exposure, index=focus_index, brightness=brightness):
+            return _expected_adu(mic, clean[index] * brightness, exposure)
+
+        exposure = _settled_exposure(mic, frame_at, OBJECTIVES[objective][1])
+        frames = [_expected_adu(mic, c * brightness, exposure) for c in clean]
+        measured = np.array([brenner(f) for f in frames])
+        peak = frames[int(np.argmax(measured))]
+        noise = brenner_noise(peak, mic.camera.pixel_variance(peak))
+        snr[light] = float((measured.max() - measured.min()) / noise) if noise > 0 else math.inf
+    return Physics(has_peak, bias, snr)
 
 
 # -- one trial ---------------------------------------------------------------------------------
@@ -398,53 +447,69 @@ def run(quick: bool) -> str:
         controls = [r for batch in pool.map(run_control, control_specs) for r in batch]
     elapsed = time.perf_counter() - t0
 
-    # per method, over the trials whose sample has a focus peak
-    by_method: dict[str, list[Outcome]] = defaultdict(list)
-    phase_accepts: dict[str, list[Outcome]] = defaultdict(list)
+    # the peak a camera can see: twice the height a 23-point sweep needs over known noise
+    from autofocus_plans.peak import _pattern, _threshold
+
+    sweep_pattern = np.linspace(-RANGE_DOF, RANGE_DOF, SWEEP_POINTS)
+    visible_snr = 2 * _threshold(_pattern(sweep_pattern), 1e-3)[1]
+
+    def category(objective: str, sample: str, light: str) -> str:
+        cell = physics[(objective, sample)]
+        if not cell.has_peak:
+            return "none"
+        return "visible" if cell.snr[light] >= visible_snr else "faint"
+
+    groups: dict[tuple[str, str], list[Outcome]] = defaultdict(list)
     legacy_refusals, legacy_total = 0, 0
     for trial in trials:
-        has_peak, _bias = physics[(trial.objective, trial.sample)]
+        kind = category(trial.objective, trial.sample, trial.light)
         for o in trial.outcomes:
-            (by_method if has_peak else phase_accepts)[o.method].append(o)
-            if o.method == "sweep" and has_peak and o.legacy_refused is not None:
+            groups[(kind, o.method)].append(o)
+            if o.method == "sweep" and kind == "visible" and o.legacy_refused is not None:
                 legacy_total += 1
                 legacy_refusals += o.legacy_refused
     summary_rows = []
     for method in METHODS:
-        s = _stats(by_method[method], True)
-        no_peak = phase_accepts[method]
-        wrong = sum(o.found for o in no_peak)
+        st = _stats(groups[("visible", method)], True)
+        faint = groups[("faint", method)]
+        faint_errors = np.abs([o.error_dof for o in faint if o.found])
+        none = groups[("none", method)]
         summary_rows.append(
             [
                 LABELS[method],
-                s["trials"],
-                f"{s['found'] / max(s['trials'], 1):.0%}",
-                f"{s['false_refusals'] / max(s['trials'], 1):.1%}" if method in OURS else "n/a",
-                _fmt(s["median"], 3),
-                _fmt(s["p95"]),
-                _fmt(s["exposures"], 0),
-                f"{wrong}/{len(no_peak)}",
+                st["trials"],
+                f"{st['found'] / max(st['trials'], 1):.1%}",
+                f"{st['false_refusals'] / max(st['trials'], 1):.1%}" if method in OURS else "n/a",
+                _fmt(st["median"], 3),
+                _fmt(st["p95"]),
+                _fmt(st["exposures"], 0),
+                f"{sum(o.found for o in faint)}/{len(faint)}"
+                + (f" ({_fmt(float(np.median(faint_errors)))})" if faint_errors.size else ""),
+                f"{sum(o.moved for o in none)}/{len(none)}",
             ]
         )
 
-    # per cell, ours
-    cell_rows = []
-    bias_rows = []
+    cell_rows, bias_rows = [], []
     for o_name in objectives:
         for s_name in samples:
-            has_peak, bias = physics[(o_name, s_name)]
-            if not has_peak or abs(bias) > 0.1:
+            cell_physics = physics[(o_name, s_name)]
+            if not cell_physics.has_peak or abs(cell_physics.bias_dof) > 0.1:
                 bias_rows.append(
-                    [o_name, s_name, _fmt(bias), "yes" if has_peak else "no (twin contrast maxima)"]
+                    [
+                        o_name,
+                        s_name,
+                        _fmt(cell_physics.bias_dof),
+                        "yes" if cell_physics.has_peak else "no (contrast dips in focus)",
+                    ]
                 )
             for light in LIGHTS:
-                cell = [
-                    t for t in trials if (t.objective, t.sample, t.light) == (o_name, s_name, light)
-                ]
-                row = [o_name, s_name, light, "yes" if has_peak else "no"]
+                where = (o_name, s_name, light)
+                cell = [t for t in trials if (t.objective, t.sample, t.light) == where]
+                kind = category(*where)
+                row = [o_name, s_name, light, kind, _fmt(cell_physics.snr[light], 0)]
                 for method in ("sweep", "fast"):
                     outs = [o for t in cell for o in t.outcomes if o.method == method]
-                    st = _stats(outs, has_peak)
+                    st = _stats(outs, kind == "visible")
                     row += [
                         f"{st['found']}/{st['trials']}",
                         _fmt(st["median"]),
@@ -461,40 +526,53 @@ def run(quick: bool) -> str:
             row.append(f"{sum(o.moved for o in outs)}/{len(outs)}")
         control_rows.append(row)
 
-    ours_real = [o for m in ("sweep", "fast", "golden") for o in by_method[m]]
-    refusal_rate = sum(not o.found for o in ours_real) / max(len(ours_real), 1)
+    visible_ours = [o for m in OURS for o in groups[("visible", m)]]
+    refusal_rate = sum(not o.found for o in visible_ours) / max(len(visible_ours), 1)
+    biased = [
+        f"{o} {s} ({physics[(o, s)].bias_dof:+.2f})"
+        for o in objectives
+        for s in samples
+        if physics[(o, s)].has_peak and abs(physics[(o, s)].bias_dof) > 0.1
+    ]
     parts = [
         "## Search trust: the robustness matrix",
         "",
         f"{len(trials)} trials ({trials_per_cell} per cell; objectives {', '.join(objectives)}; "
         f"{len(samples)} samples; light normal and 10x dimmer), numpy seed {SEED}; every "
         "method on the same trial: focus at U(-50, 50) µm, start at focus + U(-5, 5) DOF, "
-        f"search ±{RANGE_DOF} DOF around the start; 256x256 camera, brightfield, time_scale=0; "
-        f"{workers} worker process(es), {elapsed:.0f} s. Base exposure per objective: "
+        f"search ±{RANGE_DOF} DOF around the start; 256x256 camera, brightfield, "
+        f"time_scale=0; {workers} worker process(es), {elapsed:.0f} s. Base exposure per "
+        "objective: "
         + ", ".join(f"{k} {v[1] * 1000:g} ms" for k, v in OBJECTIVES.items())
-        + ". Errors are |best z − true focus| in depths of field over the runs that found "
-        "focus; 'false refusals' count refusals on samples whose noise-free Brenner curve "
-        "peaks within 1 DOF of focus; peers never refuse (they always move).",
+        + ". Errors are |best z − true focus| in depths of field, over the runs that found "
+        "focus. Each cell's noise-free Brenner curve decides what the right answer is: "
+        "*visible* — it peaks within 1 DOF of focus, focus is no dip, and the peak rises "
+        f"at least {visible_snr:.1f}x one frame's Brenner noise (twice what a 23-point sweep "
+        "needs, at the exposure the searches' check settles on); *faint* — a peak, but "
+        "lower than that; *none* — no peak at focus (a transparent phase sample, whose "
+        "contrast vanishes in focus). False refusals count refusals of visible peaks; "
+        "peers never refuse.",
         "",
-        "### Summary (samples with a focus peak)",
+        "### Summary",
         "",
         table(
             [
                 "method",
-                "trials",
+                "visible trials",
                 "found",
                 "false refusals",
                 "error DOF median",
                 "p95",
                 "exposures (median)",
-                "moved on a sample with no focus peak",
+                "faint: found (median error)",
+                "none: moved the stage",
             ],
             summary_rows,
         ),
         "",
-        f"Ours together: {refusal_rate:.1%} refusals on samples with a focus peak. "
-        f"The old rule (refuse below 10 % relative contrast), applied to the same "
-        f"`brenner_sweep` curves: {legacy_refusals}/{legacy_total} "
+        f"Ours together: {refusal_rate:.1%} refusals of visible peaks. The old rule "
+        "(refuse below 10 % relative contrast), applied to the same `brenner_sweep` "
+        f"curves of visible peaks: {legacy_refusals}/{legacy_total} "
         f"({legacy_refusals / max(legacy_total, 1):.0%}) refused.",
         "",
         "### Negative controls: runs that moved the stage (must be 0 for ours)",
@@ -503,13 +581,17 @@ def run(quick: bool) -> str:
         "",
         "### Where Brenner's peak is not the focal plane (noise-free curve, seed 0)",
         "",
-        "Cells whose noise-free Brenner maximum lies more than 0.1 DOF from the true plane, "
-        "or that have none near it. Transparent (pure-phase) samples have no contrast in "
-        "focus and two contrast maxima either side, so the sweep's answer there is a refusal.",
+        "Cells whose noise-free Brenner maximum lies more than 0.1 DOF from the true "
+        "plane (the bias no search on this measure can remove), or where the contrast "
+        "dips in focus.",
         "",
         table(["objective", "sample", "Brenner peak − focus (DOF)", "focus peak"], bias_rows)
         if bias_rows
         else "(none)",
+        "",
+        "Biased cells (median error there is the bias, not the search): "
+        + (", ".join(biased) if biased else "none")
+        + ".",
         "",
         "### Per cell: `brenner_sweep` and `fast_focus`",
         "",
@@ -518,7 +600,8 @@ def run(quick: bool) -> str:
                 "objective",
                 "sample",
                 "light",
-                "focus peak",
+                "peak",
+                "SNR",
                 "sweep found",
                 "err med",
                 "p95",
