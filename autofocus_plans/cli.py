@@ -420,6 +420,13 @@ def cmd_shell(args) -> int:
     from IPython.paths import get_ipython_dir
 
     if args.catalog:
+        from .catalog import _check_embedded_location, catalog_root
+
+        # the profile opens $AUTOFOCUS_CATALOG as the default, which it may create: check a
+        # named location here, so a mistyped folder is refused instead of made
+        root = catalog_root(args.catalog)  # refuses a malformed URL
+        if root is not None and not args.create:
+            _check_embedded_location(root, create=False)
         os.environ["AUTOFOCUS_CATALOG"] = args.catalog
     profile = ipython_profile_dir(
         PROFILE_DIR, Path(get_ipython_dir()), writable=os.access(PROFILE_DIR, os.W_OK)
@@ -524,12 +531,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "shell",
         help="open the IPython session (RunEngine, devices, plans)",
-        usage="autofocus shell [-h] [--catalog LOC] [IPYTHON OPTIONS ...]",
+        usage="autofocus shell [-h] [--catalog LOC] [--create] [IPYTHON OPTIONS ...]",
         description="IPython with the autofocus profile; every other option "
         "(e.g. -c CODE, --simple-prompt, a script) goes to IPython.",
         allow_abbrev=False,  # so that IPython's options never pass for --catalog
     )
     _catalog_arg(p)
+    _create_arg(p)
     p.set_defaults(func=cmd_shell, ipython_args=[])
     return parser
 

@@ -362,8 +362,9 @@ def cnn_focus(
         raise RuntimeError(f"cnn_focus could not trust the model: {state['reason']}.")
     yield from approach(stage, origin, approach_um)
     search = fast_focus if fallback == "fast_focus" else brenner_sweep
-    # search where the model was trained to see, a little wider
-    reach = 1.1 * max(abs(low_range), abs(high_range))
+    # search where the model was trained to see, a little wider, and no less than the
+    # ±6 depths of field a search needs to tell a peak from its tails
+    reach = max(1.1 * max(abs(low_range), abs(high_range)), 6 * dof)
     rescue = yield from search(
         camera, stage, led, -reach, reach, md={"fallback_for": result.run_uid, **(md or {})}
     )

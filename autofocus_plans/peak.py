@@ -302,6 +302,8 @@ def _threshold(pattern: tuple[float, ...], false_alarm: float) -> tuple[float, f
     """
     z = np.asarray(pattern)
     bank = _bank(z)
+    if bank.raw.size == 0:
+        return math.inf, math.inf
     rng = np.random.default_rng(20261127)
     estimated, known = [], []
     for _ in range(max(1, _NULL_CURVES // 2048)):
@@ -509,6 +511,13 @@ def assess_peak(
         )
 
     z_dof = z / dof
+    if np.ptp(z_dof) < 1.0 or _bank(z_dof).raw.size == 0:
+        return verdict(
+            False,
+            "points",
+            f"the samples span only {np.ptp(z):.2f} µm ({np.ptp(z_dof):.2f} DOF), too little to "
+            "show a focus peak: widen the range",
+        )
     main = _significance(z_dof, values, camera_sigma, false_alarm)
     width_um = main["width"] * dof
     fitted = values.mean() + main["amplitude"] * (main["template"] - main["template"].mean())

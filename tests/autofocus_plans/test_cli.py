@@ -214,6 +214,7 @@ def test_incomplete_runs_are_listed_shown_replayed_and_recovered(tmp_path, RE, m
     assert load_frames(catalog[cut]).shape == (5, 256, 256)
     assert {k: len(v) for k, v in load_table(catalog[empty]).items()} == {
         "camera_brenner": 0,
+        "camera_brenner_noise": 0,
         "camera_max": 0,
         "camera_mean": 0,
         "camera_saturated_fraction": 0,
@@ -272,3 +273,12 @@ def test_cli_imports_nothing_heavy_until_a_command_needs_it():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split(maxsplit=1) == ["True", "[]\n"]
+
+
+def test_shell_refuses_a_mistyped_catalogue_folder(tmp_path):
+    result = _run(
+        "shell", "--catalog", "autofocus-dta", "-c", "print(1)", cwd=tmp_path, check=False
+    )
+    assert result.returncode == 2
+    assert "There is no catalogue at" in result.stderr and "--create" in result.stderr
+    assert list(tmp_path.iterdir()) == []

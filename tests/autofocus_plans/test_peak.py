@@ -84,3 +84,5 @@ def test_bad_arguments_are_clear():
         assess_peak(Z, Z, depth_of_field_um=0)
     verdict = assess_peak(Z[:3], Z[:3], depth_of_field_um=DOF)
     assert verdict.failed == "points" and "at least 5 needed" in verdict.reason
+    tiny = assess_peak(np.linspace(0, 0.02, 6), np.arange(6.0), depth_of_field_um=DOF)
+    assert tiny.failed == "points" and "widen the range" in tiny.reason

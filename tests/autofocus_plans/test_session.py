@@ -18,13 +18,13 @@ def test_refuses_unrecorded_runs_then_records_and_switches(RE, mic, tmp_path, ca
         RE(count(cameras))
     assert RE.state == "idle"
 
-    assert connect_catalog(RE, tmp_path / "first", cameras=cameras) is not None
+    assert connect_catalog(RE, tmp_path / "first", cameras=cameras, create=True) is not None
     RE(count(cameras))
     # a failed switch keeps the catalogue that works, and says so
     assert connect_catalog(RE, not_a_folder, cameras=cameras) is None
     assert "runs still go to the previous one" in capsys.readouterr().err
     RE(count(cameras))
-    assert connect_catalog(RE, tmp_path / "second", cameras=cameras) is not None
+    assert connect_catalog(RE, tmp_path / "second", cameras=cameras, create=True) is not None
     RE(count(cameras))
     # one catalogue at a time (each reopened to read: a later embedded catalogue in the
     # same process invalidates the API key of an earlier one's client)
