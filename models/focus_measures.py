@@ -77,21 +77,26 @@ def brenner_noise(image: ArrayLike, variance: ArrayLike) -> float:
     quadratic term's is approximated by ``2 sum var(e)**2``.
     """
     g = _as_image(image)
-    v = np.broadcast_to(np.asarray(variance, dtype=np.float64), g.shape)
-    diff = g[2:, :] - g[:-2, :]
-    # every pixel enters two differences: +d one row pair up, -d the one below
-    coefficient = np.zeros_like(g)
-    coefficient[2:, :] += 2 * diff
-    coefficient[:-2, :] -= 2 * diff
+    v = np.broadcast_to(np.asarray(variance, dtype=np.float64), g.shape).astype(np.float32)
+    diff = (g[2:, :] - g[:-2, :]).astype(np.float32)
+    # every pixel enters two differences: +d one row pair up, -d the one below, so its
+    # coefficient in the linear term is c = 2 (d_(m-2) - d_m) (zero beyond the edges)
+    padded = np.pad(diff, ((2, 2), (0, 0)))
+    c = 2 * (padded[:-2, :] - padded[2:, :])
+    up, down = v[2:, :], v[:-2, :]
+    cross = float(np.einsum("ij,ij->", up, down, dtype=np.float64))
+    squares = float(np.einsum("ij,ij->", v, v, dtype=np.float64))
     # the differences of a noisy frame carry the noise too: remove its share of c**2
-    # (c = 2 (2 n_m - n_(m-2) - n_(m+2)) + signal, so E[c**2] gains 4 (4 v_m + v_(m-2) + v_(m+2)))
-    noise_share = 16 * v
-    noise_share[2:, :] += 4 * v[:-2, :]
-    noise_share[:-2, :] += 4 * v[2:, :]
-    linear = max(float(np.einsum("ij,ij->", coefficient**2 - noise_share, v)), 0.0)
-    pair = v[2:, :] + v[:-2, :]
+    # (E[c**2] gains 4 (4 v_m + v_(m-2) + v_(m+2)) for Gaussian noise)
+    noise_share = 16 * squares + 8 * cross
+    linear = max(float(np.einsum("ij,ij,ij->", c, c, v, dtype=np.float64)) - noise_share, 0.0)
+    pairs = (
+        float(np.einsum("ij,ij->", up, up, dtype=np.float64))
+        + float(np.einsum("ij,ij->", down, down, dtype=np.float64))
+        + 2 * cross
+    )
     shared = v[2:-2, :]  # e_k and e_(k+2) both contain the pixel two rows up: cov = -v
-    quadratic = 2 * np.einsum("ij,ij->", pair, pair) + 4 * np.einsum("ij,ij->", shared, shared)
+    quadratic = 2 * pairs + 4 * float(np.einsum("ij,ij->", shared, shared, dtype=np.float64))
     return float(np.sqrt(linear + quadratic))
 
 
