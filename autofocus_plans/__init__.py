@@ -18,6 +18,8 @@ _EXPORTS = {
     "FOCUS_METHODS": "brenner",
     "brenner_sweep": "brenner",
     "fast_focus": "brenner",
+    "fly_sweep": "fly",
+    "fly_speed": "fly",
     "CatalogError": "catalog",
     "BadExposure": "exposure",
     "ExposureCheck": "exposure",
@@ -67,6 +69,8 @@ __all__ = [
     "fast_focus",
     "find_runs",
     "fit_peak",
+    "fly_speed",
+    "fly_sweep",
     "focus_curve",
     "frames_dir_for",
     "judge_exposure",
@@ -86,6 +90,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from .brenner import FOCUS_METHODS, brenner_sweep, fast_focus
     from .catalog import CatalogError, frames_dir_for, open_catalog, subscribe_catalog
     from .durable import recover_runs
+    from .fly import fly_speed, fly_sweep
     from .exposure import BadExposure, ExposureCheck, auto_exposure, judge_exposure
     from .learned import (
         check_model_optics,

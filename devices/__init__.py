@@ -6,12 +6,14 @@ package never imports torch, bluesky plans or the catalogue.
 """
 
 from .camera import HDF5_DATASET, SimCamera
+from .fly import ZFlyer
 from .fov import SimFieldOfView
 from .led import PATTERNS, LEDIllumination, angle_pattern, led_index_pattern
 from .microscope import SimMicroscope
 from .optics import CameraSensor, LEDArray, Objective, depth_of_field_um
 from .samples import SAMPLE_FAMILIES, ImageSample, ProceduralSample, Sample, ZStackSample
 from .simulator import FocusState, OpticalModel
+from .slide import FocalSurface, SimXYStage, SlideSample
 from .stage import SimZStage
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "PATTERNS",
     "SAMPLE_FAMILIES",
     "CameraSensor",
+    "FocalSurface",
     "FocusState",
     "ImageSample",
     "LEDArray",
@@ -30,7 +33,10 @@ __all__ = [
     "SimCamera",
     "SimFieldOfView",
     "SimMicroscope",
+    "SimXYStage",
     "SimZStage",
+    "SlideSample",
+    "ZFlyer",
     "ZStackSample",
     "angle_pattern",
     "depth_of_field_um",

@@ -169,6 +169,9 @@ class SimCamera(Device):
         self._lock = threading.Lock()
         self.last_frame: np.ndarray | None = None
         self.last_file: Path | None = None
+        self._streaming: tuple | None = None
+        #: per-frame readings of the last stream (see :meth:`stop_streaming`)
+        self.streamed: list[dict[str, float]] = []
 
     @staticmethod
     def _check_measures(measures: Sequence[str]) -> tuple[str, ...]:
@@ -291,15 +294,21 @@ class SimCamera(Device):
             self._dataset = None
 
     def trigger(self) -> DeviceStatus:
+        if self._streaming is not None:
+            raise RuntimeError(
+                f"Camera {self.name} is streaming; stop_streaming() before triggering frames."
+            )
         status = DeviceStatus(self)
         settings = self.settings()
         delay = (settings.exposure_s + self.readout_time_s) * self.time_scale
 
         def acquire() -> None:
             try:
+                start = time.time()
                 if delay:
                     time.sleep(delay)
-                self._store(self._model.expose(settings))
+                window = (start, start + settings.exposure_s * self.time_scale)
+                self._store(self._model.expose(settings, window if self.time_scale else None))
             except Exception as exc:
                 status.set_exception(exc)
             else:
@@ -308,19 +317,19 @@ class SimCamera(Device):
         threading.Thread(target=acquire, name=f"{self.name}-acquire", daemon=True).start()
         return status
 
-    def _store(self, frame: np.ndarray) -> None:
+    def _store(self, frame: np.ndarray) -> dict[str, float]:
         self.last_frame = frame
-        readings = {m: focus_measure(m)(frame) for m in self.measures}
+        values: dict[str, float] = {m: focus_measure(m)(frame) for m in self.measures}
         max_adu = self._model.sensor.max_adu
-        self.mean.put(float(frame.mean()))
-        self.max.put(int(frame.max()))
-        self.saturated_fraction.put(float(np.count_nonzero(frame >= max_adu) / frame.size))
-        for measure, value in readings.items():
-            getattr(self, measure).put(value)
-        self.brenner_noise.put(brenner_noise(frame, self.pixel_variance(frame)))
+        values["mean"] = float(frame.mean())
+        values["max"] = int(frame.max())
+        values["saturated_fraction"] = float(np.count_nonzero(frame >= max_adu) / frame.size)
+        values["brenner_noise"] = brenner_noise(frame, self.pixel_variance(frame))
+        for key, value in values.items():
+            getattr(self, key).put(value)
         with self._lock:
             if self._dataset is None:
-                return  # not staged: a snapshot outside a run, nothing to record
+                return values  # not staged: a snapshot outside a run, nothing to record
             i = self._frames_written
             self._dataset.resize(i + 1, axis=0)
             self._dataset[i] = frame
@@ -329,6 +338,88 @@ class SimCamera(Device):
             self._asset_docs.append(
                 ("stream_datum", self._compose_datum(indices=StreamRange(start=i, stop=i + 1)))
             )
+        return values
+
+    # -- streaming (continuous acquisition, for fly scans) -------------------------
+    def frame_period_s(self) -> float:
+        """Time from one frame's start to the next's when streaming (exposure + readout)."""
+        return self.exposure_time.get() + self.readout_time_s
+
+    def start_streaming(self, max_frames: int = 10_000) -> None:
+        """Start exposing frames back to back, one every :meth:`frame_period_s`.
+
+        Each frame's exposure window (start and end, ``time.time()`` seconds)
+        is recorded as the camera's clock gives it. The simulator renders the
+        frames when :meth:`stop_streaming` is called, from the recorded
+        windows and the stage's recorded path: a real camera delivers them
+        during the sweep, and this keeps the time the simulation takes out of
+        the instrument's timeline. Frames go to the staged HDF5 file.
+        """
+        if self.time_scale == 0:
+            raise ValueError(
+                f"Camera {self.name} cannot stream with time_scale=0 (frames would take no "
+                "time while the stage moves); use a time_scale > 0."
+            )
+        if self._streaming is not None:
+            raise RuntimeError(f"Camera {self.name} is already streaming.")
+        settings = self.settings()
+        period = self.frame_period_s() * self.time_scale
+        exposure = settings.exposure_s * self.time_scale
+        stop = threading.Event()
+        windows: list[tuple[float, float]] = []
+
+        def expose_back_to_back() -> None:
+            t0 = time.time()
+            for k in range(max_frames):
+                start = t0 + k * period
+                end = start + exposure
+                while time.time() < end and not stop.is_set():
+                    time.sleep(min(0.002, max(0.0, end - time.time())))
+                if time.time() < end:  # stopped during this exposure: the frame is lost
+                    return
+                windows.append((start, end))
+                if stop.is_set():
+                    return
+                while time.time() < start + period and not stop.is_set():
+                    time.sleep(min(0.002, max(0.0, start + period - time.time())))
+
+        thread = threading.Thread(target=expose_back_to_back, name=f"{self.name}-stream", daemon=True)
+        self._streaming = (thread, stop, windows, settings)
+        self.streamed = []
+        thread.start()
+
+    def stop_streaming(self, *, discard: bool = False) -> DeviceStatus:
+        """Stop streaming; the Status finishes when every exposed frame is stored.
+
+        ``discard=True`` drops the frames instead (a sweep cut short by a pause).
+
+        :attr:`streamed` then holds one dict per frame: the readings (focus
+        measures, mean, max, saturated fraction, Brenner noise) and the
+        exposure window ``exposure_start`` / ``exposure_end``.
+        """
+        status = DeviceStatus(self)
+        if self._streaming is None:
+            status.set_finished()
+            return status
+        thread, stop, windows, settings = self._streaming
+        stop.set()
+
+        def render() -> None:
+            try:
+                thread.join()
+                for start, end in [] if discard else windows:
+                    values = self._store(self._model.expose(settings, (start, end)))
+                    values.update(exposure_start=start, exposure_end=end)
+                    self.streamed.append(values)
+            except Exception as exc:
+                status.set_exception(exc)
+            else:
+                status.set_finished()
+            finally:
+                self._streaming = None
+
+        threading.Thread(target=render, name=f"{self.name}-render", daemon=True).start()
+        return status
 
     def collect_asset_docs(self) -> Iterator:
         while self._asset_docs:

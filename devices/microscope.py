@@ -12,13 +12,14 @@ from .led import LEDIllumination
 from .optics import CameraSensor, LEDArray, Objective
 from .samples import ProceduralSample, Sample, ZStackSample
 from .simulator import FocusState, OpticalModel
+from .slide import FocalSurface, SimXYStage
 from .stage import SimZStage
 
 __all__ = ["SimMicroscope"]
 
 
 class SimMicroscope:
-    """A simulated LED-array microscope: ``.camera``, ``.led``, ``.z`` (and ``.fov``).
+    """A simulated LED-array microscope: ``.camera``, ``.led``, ``.z``, ``.xy`` (and ``.fov``).
 
     Parameters
     ----------
@@ -45,6 +46,11 @@ class SimMicroscope:
         Focus measures the camera reports besides ``brenner``.
     focus_spread_um : float
         How far the focal plane of other fields of view (``.fov``) may lie from field 0's.
+    surface : FocalSurface, optional
+        Focal surface of the slide over XY, added to ``focus_um`` at the XY
+        stage's position (with a :class:`~devices.SlideSample` the field of
+        view moves over the slide too).
+    xy_limits_um, xy_velocity_um_per_s : XY stage settings.
     """
 
     def __init__(
@@ -72,6 +78,9 @@ class SimMicroscope:
         focus_spread_um: float = 10.0,
         fft_workers: int = 1,
         name_prefix: str = "",
+        surface: FocalSurface | None = None,
+        xy_limits_um: tuple[float, float] = (-5000.0, 5000.0),
+        xy_velocity_um_per_s: float = 2000.0,
     ) -> None:
         objective = objective or Objective()
         leds = leds or LEDArray()
@@ -116,7 +125,17 @@ class SimMicroscope:
         )
         self.camera.exposure_time.put(exposure_s)
         self.fov = SimFieldOfView(self.model, focus_spread_um=focus_spread_um, name=f"{p}fov")
+        self.xy = SimXYStage(
+            name=f"{p}xy",
+            limits_um=xy_limits_um,
+            velocity_um_per_s=xy_velocity_um_per_s,
+            time_scale=time_scale,
+        )
+        self.surface = surface
         self.model.stage_position = lambda: self.z.actual_position
+        self.model.stage_position_at = self.z.actual_position_at
+        self.model.field_position = lambda: self.xy.actual_position
+        self.model.surface = surface
         self.model.illumination = self.led.source_points
 
     # -- conveniences for users, tests and benchmarks ------------------------------
@@ -131,6 +150,11 @@ class SimMicroscope:
     def true_focus(self) -> float:
         """Hidden focal-plane position (µm). For tests and benchmarks only: plans never ask."""
         return self.model.true_focus()
+
+    def true_focus_at(self, x_um: float, y_um: float) -> float:
+        """Hidden focal-plane position (µm) at stage position (x, y), now. Tests only."""
+        base = self.model.focus.at_center()
+        return base + (self.surface(x_um, y_um) if self.surface is not None else 0.0)
 
     def set_sample(self, sample: Sample | ZStackSample | str, seed: int = 0) -> None:
         """Put another sample (field of view) under the objective."""

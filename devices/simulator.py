@@ -6,6 +6,7 @@ benchmarks may ask it for the truth (the hidden focal plane).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from .optics import (
     image_intensity,
 )
 from .samples import Sample, ZStackSample
+from .slide import SlideSample
 
 __all__ = ["CameraSettings", "FocusState", "OpticalModel"]
 
@@ -120,7 +122,14 @@ class OpticalModel:
         self._rng = np.random.default_rng(seed)
         self._spectra: dict = {}
         self.stage_position: Callable[[], float] = lambda: 0.0
+        # where the stage was at an earlier time.time(): frames exposed while it moves
+        self.stage_position_at: Callable[[float], float] | None = None
         self.illumination: Callable[[], list[SourcePoint]] = lambda: []
+        # the XY stage's position over the slide, and the slide's focal surface
+        self.field_position: Callable[[], tuple[float, float]] = lambda: (0.0, 0.0)
+        self.surface: Callable[[float, float], float] | None = None
+        #: seconds spent computing frames (what a real camera does not spend)
+        self.render_seconds = 0.0
 
     # -- derived optics -------------------------------------------------
     @property
@@ -131,7 +140,10 @@ class OpticalModel:
         return self.sensor.pixel_um * binning / self.objective.magnification
 
     def true_focus(self) -> float:
-        return self.focus.at_center()
+        """Focal-plane position at the centre of the field of view, now."""
+        if self.surface is None:
+            return self.focus.at_center()
+        return self.focus.at_center() + self.surface(*self.field_position())
 
     def set_sample(self, sample: Sample | ZStackSample) -> None:
         """Move to another field of view (a new sample) without rebuilding devices."""
@@ -141,11 +153,23 @@ class OpticalModel:
             self.focus.focus_um = sample.focus_um
 
     def _spectrum(self, shape: tuple[int, int], dx_um: float) -> np.ndarray:
+        if isinstance(self.sample, SlideSample):
+            x, y = self.field_position()
+            center = (round(x / dx_um) * dx_um, round(y / dx_um) * dx_um)
+            key = (shape, dx_um, id(self.sample), center)
+            if key not in self._spectra:
+                t = self.sample.window(center, shape, dx_um)
+                self._spectra = {key: scipy.fft.fft2(t, workers=self.fft_workers)}
+            return self._spectra[key]
         key = (shape, dx_um, id(self.sample))
         if key not in self._spectra:
             t = self.sample.transmittance(shape, dx_um)
             self._spectra = {key: scipy.fft.fft2(t, workers=self.fft_workers)}
         return self._spectra[key]
+
+    def _slide_margin(self, binning: int) -> int:
+        """Pixels rendered around the field of a slide, so that defocus blur does not wrap."""
+        return 32 // binning if isinstance(self.sample, SlideSample) else 0
 
     # -- imaging ----------------------------------------------------------
     def intensity(self, z_um: float, sources: list[SourcePoint], binning: int = 1) -> np.ndarray:
@@ -161,6 +185,9 @@ class OpticalModel:
                 full = full.reshape(h, binning, w, binning).mean(axis=(1, 3))
             return (full * total).astype(np.float32)
         dx = self.sample_pixel_um(binning)
+        margin = self._slide_margin(binning)
+        if margin:
+            shape = (shape[0] + 2 * margin, shape[1] + 2 * margin)
         spectrum = self._spectrum(shape, dx)
         defocus = z_um - self.true_focus()
 
@@ -177,7 +204,8 @@ class OpticalModel:
 
         tilt = (self.focus.tilt_x, self.focus.tilt_y)
         if tilt == (0.0, 0.0) or not sources:
-            return at(defocus)
+            image = at(defocus)
+            return image[margin:-margin, margin:-margin] if margin else image
         # tilt: render a few planes across the field's defocus range, blend per pixel
         y = (np.arange(shape[0]) - shape[0] / 2)[:, None] * dx
         x = (np.arange(shape[1]) - shape[1] / 2)[None, :] * dx
@@ -190,13 +218,41 @@ class OpticalModel:
         k = np.clip(np.floor(pos).astype(int), 0, planes - 2)
         w = (pos - k).astype(np.float32)
         rows, cols = np.indices(shape)
-        return (1 - w) * images[k, rows, cols] + w * images[k + 1, rows, cols]
+        image = (1 - w) * images[k, rows, cols] + w * images[k + 1, rows, cols]
+        return image[margin:-margin, margin:-margin] if margin else image
 
-    def expose(self, settings: CameraSettings) -> np.ndarray:
-        """One camera frame (uint16 ADU) with shot noise, read noise, gain and clipping."""
+    def _clean_frame(
+        self, binning: int, window: tuple[float, float] | None
+    ) -> np.ndarray:
+        """Noise-free frame; averaged over the Z travelled during ``window`` = (t0, t1)."""
+        sources = self.illumination()
+        if window is None or self.stage_position_at is None:
+            return self.intensity(self.stage_position(), sources, binning)
+        t0, t1 = window
+        z0, z1 = self.stage_position_at(t0), self.stage_position_at(t1)
+        # planes a fifth of a depth of field apart integrate the travel within an exposure
+        planes = max(1, math.ceil(abs(z1 - z0) / (0.2 * self.depth_of_field_um)))
+        if planes == 1:
+            return self.intensity(self.stage_position_at(0.5 * (t0 + t1)), sources, binning)
+        times = t0 + (np.arange(planes) + 0.5) / planes * (t1 - t0)
+        total = self.intensity(self.stage_position_at(float(times[0])), sources, binning)
+        for t in times[1:]:
+            total = total + self.intensity(self.stage_position_at(float(t)), sources, binning)
+        return total / planes
+
+    def expose(
+        self, settings: CameraSettings, window: tuple[float, float] | None = None
+    ) -> np.ndarray:
+        """One camera frame (uint16 ADU) with shot noise, read noise, gain and clipping.
+
+        ``window`` = (start, end) of the exposure in ``time.time()`` seconds:
+        the image is integrated over the Z the stage travelled meanwhile.
+        Without it the stage is taken where it is now.
+        """
+        started = time.perf_counter()
         sensor = self.sensor
         b = settings.binning
-        clean = self.intensity(self.stage_position(), self.illumination(), b)
+        clean = self._clean_frame(b, window)
         x, y, w, h = settings.roi
         clean = clean[y // b : y // b + h // b, x // b : x // b + w // b]
         photons = clean * (self.leds.photon_rate * settings.exposure_s * b * b)
@@ -205,4 +261,6 @@ class OpticalModel:
         electrons += self._rng.normal(0.0, sensor.read_noise_e, electrons.shape)
         e_per_adu = sensor.full_well_e / sensor.max_adu / settings.gain
         adu = np.rint(electrons / e_per_adu) + sensor.offset_adu
-        return np.clip(adu, 0, sensor.max_adu).astype(np.uint16)
+        frame = np.clip(adu, 0, sensor.max_adu).astype(np.uint16)
+        self.render_seconds += time.perf_counter() - started
+        return frame

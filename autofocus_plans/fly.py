@@ -1,0 +1,274 @@
+"""Focus by a continuous-motion (fly) sweep: the stage moves through the range while the camera streams.
+
+The stage sweeps upwards at constant speed; every frame's Z is its readback
+interpolated to the middle of the frame's exposure (:class:`devices.ZFlyer`).
+The speed keeps the blur within one exposure to ``blur_dof`` depths of field
+and the spacing between frames to ``max_spacing_dof``. The curve is judged by
+the same peak test as the step searches
+(:func:`~autofocus_plans.peak.assess_peak`), the range is extended by another
+sweep while the peak is open on one side, and the final approach is from below.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+import numpy as np
+from bluesky.protocols import Movable, Readable
+
+from devices.fly import ZFlyer
+
+from .brenner import _measure_key
+from .exposure import auto_exposure
+from .peak import DEFAULT_FALSE_ALARM, assess_peak
+from .results import FocusResult, NoFocusFound, emit_focus_result, optics_metadata
+from .stubs import approach, depth_of_field_from_devices, stage_field, stage_limits
+
+__all__ = ["fly_speed", "fly_sweep"]
+
+
+def fly_speed(
+    dof_um: float,
+    exposure_s: float,
+    frame_period_s: float,
+    *,
+    blur_dof: float = 0.25,
+    max_spacing_dof: float = 0.5,
+    max_velocity_um_per_s: float = math.inf,
+) -> float:
+    """Sweep speed (µm/s): blur within an exposure ≤ ``blur_dof`` DOF, frames ≤ ``max_spacing_dof`` apart."""
+    if not 0 < blur_dof <= 1 or not 0 < max_spacing_dof <= 1:
+        raise ValueError(
+            f"blur_dof and max_spacing_dof must be in (0, 1] depths of field, got {blur_dof!r} "
+            f"and {max_spacing_dof!r}."
+        )
+    return min(
+        blur_dof * dof_um / exposure_s,
+        max_spacing_dof * dof_um / frame_period_s,
+        max_velocity_um_per_s,
+    )
+
+
+def fly_sweep(
+    camera: Readable,
+    stage: Movable,
+    led: Movable,
+    start: float = -20.0,
+    stop: float = 20.0,
+    *,
+    relative: bool = True,
+    blur_dof: float = 0.25,
+    max_spacing_dof: float = 0.5,
+    metric: str = "brenner",
+    illumination: str = "brightfield",
+    move_to_best: bool = True,
+    max_extensions: int = 2,
+    check_exposure: bool = True,
+    false_alarm: float = DEFAULT_FALSE_ALARM,
+    approach_um: float = 5.0,
+    md: dict | None = None,
+):
+    """Find focus with one continuous sweep of Z while the camera streams.
+
+    Parameters
+    ----------
+    camera : Readable
+        A camera that can stream frames (``start_streaming``/``stop_streaming``)
+        and reports ``<camera>_<metric>`` per frame.
+    stage : Movable
+        Z stage in µm with a ``velocity`` signal (its maximum speed; restored after).
+    led : Movable
+        LED illumination; set to ``illumination`` for the sweep and restored after.
+    start, stop : float
+        Sweep range in µm, relative to the current position unless ``relative`` is False.
+    relative : bool
+        Whether ``start`` and ``stop`` are offsets from the current position.
+    blur_dof : float
+        Largest Z travel within one exposure, in depths of field.
+    max_spacing_dof : float
+        Largest Z step between frames, in depths of field.
+    metric, illumination, move_to_best, max_extensions, check_exposure, false_alarm, approach_um :
+        As for :func:`~autofocus_plans.brenner_sweep`.
+    md : dict, optional
+        Metadata merged into the start document.
+
+    Returns
+    -------
+    FocusResult
+        Best Z (µm), the peak test's figures, frames used, elapsed time.
+
+    Raises
+    ------
+    NoFocusFound
+        The curve has no focus peak; the stage was returned to where it started.
+    """
+    key = _measure_key(camera, metric)
+    flyer = ZFlyer(camera, stage, name=f"{camera.name}_fly")
+    dof = depth_of_field_from_devices(camera, led)
+    origin = float(stage.position)
+    low, high = (origin + start, origin + stop) if relative else (float(start), float(stop))
+    stage_low, stage_high = stage_limits(stage)
+    if not low < high:
+        raise ValueError(
+            f"Search range {low:.2f} to {high:.2f} µm is reversed or empty (start >= stop); "
+            "give the lower end first, e.g. start=-20, stop=20."
+        )
+    if not stage_low <= low < high <= stage_high:
+        raise ValueError(
+            f"Search range {low:.2f} to {high:.2f} µm does not fit the stage's soft limits "
+            f"[{stage_low}, {stage_high}] µm; narrow or move the range."
+        )
+    led_pattern = led.pattern.get()
+    initial_exposure = float(camera.exposure_time.get())
+    max_velocity = float(stage.velocity.get())
+    t0 = time.monotonic()
+    outcome: dict[str, Any] = {}
+
+    def plan():
+        yield from bps.mv(led, illumination)
+        check = None
+        if check_exposure:
+            # previews before the run: the sweep's speed depends on the exposure they settle on
+            check = yield from auto_exposure(camera, stream=None)
+        exposure = float(camera.exposure_time.get())
+        period = float(camera.frame_period_s())
+        speed = fly_speed(
+            dof,
+            exposure,
+            period,
+            blur_dof=blur_dof,
+            max_spacing_dof=max_spacing_dof,
+            max_velocity_um_per_s=max_velocity,
+        )
+        _md = {
+            "plan_name": "fly_sweep",
+            "plan_args": {"start": start, "stop": stop, "relative": relative,
+                          "blur_dof": blur_dof, "max_spacing_dof": max_spacing_dof},
+            "method": "fly_sweep",
+            "metric": metric,
+            "illumination": illumination,
+            "search_range_um": [low, high],
+            "start_z": origin,
+            "depth_of_field_um": dof,
+            "peak_false_alarm": false_alarm,
+            "fly_speed_um_per_s": speed,
+            "fly_blur_dof": speed * exposure / dof,
+            "fly_spacing_dof": speed * period / dof,
+            "fly_frame_period_s": period,
+            "exposure_s": exposure,
+            "exposure_checks": check.frames if check else 0,
+            "optics": optics_metadata(camera, led),
+            "detectors": [camera.name],
+            "motors": [stage_field(stage)],
+            "hints": {"dimensions": [([stage_field(stage)], "primary")]},
+            "purpose": "autofocus",
+        }
+        _md.update(md or {})
+        curve: dict[str, list[float]] = {"z": [], "value": [], "noise": [], "saturated": []}
+
+        def sweep(a: float, b: float):
+            yield from bps.checkpoint()
+            yield from approach(stage, a, approach_um)
+            flyer.prepare(b, speed)
+            yield from bps.kickoff(flyer, wait=True)
+            yield from bps.complete(flyer, wait=True)
+            events = yield from bps.collect(flyer, name="primary", return_payload=True)
+            for event in events or []:
+                data = event["data"]
+                curve["z"].append(data[flyer.z_key])
+                curve["value"].append(data[key])
+                curve["noise"].append(data.get(f"{key}_noise", math.nan))
+                curve["saturated"].append(data.get(f"{camera.name}_saturated_fraction", 0.0))
+
+        def verdict():
+            noise = np.asarray(curve["noise"])
+            return assess_peak(
+                curve["z"],
+                curve["value"],
+                depth_of_field_um=dof,
+                camera_noise=None if np.isnan(noise).any() else noise,
+                saturated_fraction=curve["saturated"],
+                false_alarm=false_alarm,
+                metric=metric,
+            )
+
+        def searched():
+            yield from bps.declare_stream(flyer, name="primary", collect=True)
+            yield from sweep(low, high)
+            judged, extensions = verdict(), 0
+            span = high - low
+            while judged.failed == "open" and extensions < max_extensions:
+                side = judged.extra.get("side")
+                z_sorted = sorted(curve["z"])
+                if side == "upper":
+                    a, b = z_sorted[-1], min(z_sorted[-1] + span / 2, stage_high)
+                else:
+                    a, b = max(z_sorted[0] - span / 2, stage_low), z_sorted[0]
+                if not b - a > 0.5 * dof:
+                    break
+                yield from sweep(a, b)
+                extensions += 1
+                judged = verdict()
+            found = judged.found
+            best = judged.center if found else math.nan
+            if found and move_to_best:
+                yield from approach(stage, best, approach_um)
+            fit = judged.fit
+            result = FocusResult(
+                best_z=best,
+                method="fly_sweep",
+                metric=metric,
+                metric_value=float(max(curve["value"])) if curve["value"] else math.nan,
+                fit_center=fit.center,
+                fit_amplitude=fit.amplitude,
+                fit_sigma=fit.sigma,
+                fit_offset=fit.offset,
+                fit_r2=fit.r2,
+                start_z=origin,
+                exposures=len(curve["z"]),
+                elapsed_s=time.monotonic() - t0,
+                extensions=extensions,
+                found=found,
+                peak_significance=judged.significance,
+                peak_threshold=judged.threshold,
+                peak_noise=judged.noise,
+                peak_width_dof=judged.width_dof,
+                peak_second_ratio=judged.second_peak_ratio,
+                exposure_s=exposure,
+                exposure_checks=check.frames if check else 0,
+                extra={"verdict": judged.failed or "found", "fly_speed_um_per_s": speed},
+            )
+            yield from emit_focus_result(result)
+            outcome["result"] = result
+            if not found:
+                reason = judged.reason
+                if judged.failed == "open" and extensions:
+                    reason += f" (after {extensions} extension(s), up to the soft limits)"
+                raise NoFocusFound(
+                    f"No focus peak: {reason}; the stage was returned to {origin:.2f} µm.",
+                    verdict=judged,
+                    result=result,
+                )
+
+        return (
+            yield from bpp.stage_wrapper(bpp.run_wrapper(searched(), md=_md), [camera])
+        )
+
+    def back_to_origin(exc):
+        yield from approach(stage, origin, approach_um)
+
+    def restore():
+        yield from bps.mv(led, led_pattern)
+        if float(camera.exposure_time.get()) != initial_exposure:
+            yield from bps.mv(camera.exposure_time, initial_exposure)
+        if float(stage.velocity.get()) != max_velocity:
+            yield from bps.mv(stage.velocity, max_velocity)
+
+    uid = yield from bpp.contingency_wrapper(plan(), except_plan=back_to_origin, final_plan=restore)
+    result = outcome["result"]
+    result.run_uid = uid or ""
+    return result

@@ -1,0 +1,199 @@
+"""A continuous-motion (fly) focus sweep as an ophyd flyer: the stage moves, the camera streams.
+
+:class:`ZFlyer` drives any Z positioner with a ``velocity`` signal and a
+timestamped readback, and any camera that can stream (``start_streaming`` /
+``stop_streaming``, as :class:`~devices.SimCamera` does). Each frame's Z is
+the stage readback interpolated to the middle of the frame's exposure (the
+readback's own timestamps), never a commanded position.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import numpy as np
+from ophyd.status import DeviceStatus, Status
+
+__all__ = ["ZFlyer"]
+
+_FRAME_KEYS = ("mean", "max", "saturated_fraction", "brenner_noise")
+
+
+class ZFlyer:
+    """Sweep ``stage`` from where it is to ``stop`` at ``velocity`` while ``camera`` streams.
+
+    Implements the bluesky flyer protocol (``kickoff``, ``complete``,
+    ``describe_collect``, ``collect``, ``collect_asset_docs``). Call
+    :meth:`prepare` with the end point and speed before each kickoff; the
+    stage's velocity is restored after the sweep.
+
+    Collected fields, one event per frame: the stage position ``<z field>``
+    (µm, readback interpolated to mid-exposure), the camera's focus measures,
+    ``mean``, ``max``, ``saturated_fraction`` and ``brenner_noise``, and
+    ``<camera>_exposure_start`` / ``<camera>_exposure_s``; the image is
+    external (the camera's HDF5 file).
+    """
+
+    def __init__(self, camera, stage, *, name: str = "zfly") -> None:
+        for needed in ("start_streaming", "stop_streaming"):
+            if not hasattr(camera, needed):
+                raise TypeError(
+                    f"Camera {camera.name!r} cannot stream frames (no {needed}()); a fly "
+                    "sweep needs a streaming camera: use a step sweep (brenner_sweep) instead."
+                )
+        if not hasattr(stage, "velocity"):
+            raise TypeError(f"Stage {stage.name!r} has no velocity signal to sweep at.")
+        self.name, self.parent = name, None
+        self.camera, self.stage = camera, stage
+        self._target: float | None = None
+        self._speed: float | None = None
+        self._readbacks: list[tuple[float, float]] = []
+        self._move = None
+        self._saved_velocity: float | None = None
+        self._frames: list[dict[str, float]] = []
+        self._lock = threading.Lock()
+
+    @property
+    def z_key(self) -> str:
+        fields = getattr(self.stage, "hints", {}).get("fields", [])
+        return fields[0] if fields else self.stage.name
+
+    def prepare(self, stop: float, velocity_um_per_s: float) -> None:
+        """Set the end of the next sweep (µm) and its speed (µm/s)."""
+        if not math.isfinite(stop) or not velocity_um_per_s > 0:
+            raise ValueError(
+                f"A fly sweep needs a finite end point and a positive speed, got stop={stop!r}, "
+                f"velocity={velocity_um_per_s!r}."
+            )
+        self._target, self._speed = float(stop), float(velocity_um_per_s)
+
+    # -- bluesky flyer protocol -----------------------------------------------------
+    def _on_readback(self, value, timestamp, **kwargs) -> None:
+        with self._lock:
+            self._readbacks.append((float(timestamp), float(value)))
+
+    def kickoff(self) -> Status:
+        if self._target is None:
+            raise RuntimeError(f"{self.name}: call prepare(stop, velocity) before kickoff().")
+        self._frames = []
+        if getattr(self.camera, "_streaming", None) is not None:  # left over from an abort
+            self.camera.stop_streaming(discard=True).wait(timeout=120)
+        with self._lock:
+            self._readbacks = [(time.time(), float(self.stage.position))]
+        self._saved_velocity = float(self.stage.velocity.get())
+        self.stage.velocity.put(self._speed)
+        self.stage.readback.subscribe(self._on_readback, run=False)
+        self.camera.start_streaming()
+        self._move = self.stage.set(self._target)
+        status = Status(obj=self)
+        status.set_finished()
+        return status
+
+    def complete(self) -> DeviceStatus:
+        status = DeviceStatus(self)
+        move = self._move
+        if move is None:
+            status.set_finished()
+            return status
+
+        def finish() -> None:
+            error = None
+            try:
+                move.wait()
+            except Exception as exc:  # the frames taken so far are still stored
+                error = exc
+            try:
+                self.camera.stop_streaming().wait()
+                self._finish_readbacks()
+            except Exception as exc:
+                error = error or exc
+            if error is None:
+                status.set_finished()
+            else:
+                status.set_exception(error)
+
+        threading.Thread(target=finish, name=f"{self.name}-complete", daemon=True).start()
+        return status
+
+    def _finish_readbacks(self) -> None:
+        self.stage.readback.clear_sub(self._on_readback)
+        with self._lock:
+            self._readbacks.append((time.time(), float(self.stage.position)))
+        if self._saved_velocity is not None:
+            self.stage.velocity.put(self._saved_velocity)
+            self._saved_velocity = None
+        self._frames = list(self.camera.streamed)
+
+    def stop(self, *, success: bool = False) -> None:
+        """Halt the stage and the camera (the frames exposed so far are kept)."""
+        self.stage.stop()
+        if self._move is not None:
+            self._move = None
+            try:
+                self.camera.stop_streaming().wait(timeout=120)
+            finally:
+                self._finish_readbacks()
+
+    # bluesky.protocols.Pausable: a sweep cut short is discarded; the plan sweeps again
+    def pause(self) -> None:
+        if self._move is not None:
+            self._move = None
+            self.stage.stop()
+            self.camera.stop_streaming(discard=True).wait(timeout=120)
+            self._finish_readbacks()
+            self._frames = []
+
+    def resume(self) -> None:
+        pass
+
+    def z_at(self, times: np.ndarray) -> np.ndarray:
+        """Stage readback interpolated at ``times`` (``time.time()`` seconds)."""
+        with self._lock:
+            samples = sorted(self._readbacks)
+        t = np.array([s[0] for s in samples])
+        z = np.array([s[1] for s in samples])
+        return np.interp(times, t, z)
+
+    def describe_collect(self) -> dict[str, dict]:
+        cam = self.camera.name
+        described = self.camera.describe()
+        keys: dict[str, dict] = {
+            self.z_key: {"source": f"{self.stage.name}:readback@mid-exposure", "dtype": "number",
+                         "shape": [], "units": "um"},
+            f"{cam}_exposure_start": {"source": f"{cam}:clock", "dtype": "number", "shape": [],
+                                      "units": "s"},
+            f"{cam}_exposure_s": {"source": f"{cam}:clock", "dtype": "number", "shape": [],
+                                  "units": "s"},
+        }
+        measures = [*getattr(self.camera, "measures", ("brenner",)), *_FRAME_KEYS]
+        for measure in measures:
+            key = f"{cam}_{measure}"
+            if key in described:
+                keys[key] = dict(described[key])
+        image_key = f"{cam}_image"
+        if image_key in described:
+            keys[image_key] = dict(described[image_key])
+        return keys
+
+    def collect(self):
+        cam = self.camera.name
+        frames = self._frames
+        if not frames:
+            return
+        mid = np.array([0.5 * (f["exposure_start"] + f["exposure_end"]) for f in frames])
+        zs = self.z_at(mid)
+        measures = [*getattr(self.camera, "measures", ("brenner",)), *_FRAME_KEYS]
+        for frame, t, z in zip(frames, mid, zs, strict=True):
+            data = {self.z_key: float(z)}
+            data[f"{cam}_exposure_start"] = frame["exposure_start"]
+            data[f"{cam}_exposure_s"] = frame["exposure_end"] - frame["exposure_start"]
+            for measure in measures:
+                if measure in frame:
+                    data[f"{cam}_{measure}"] = frame[measure]
+            yield {"time": float(t), "data": data, "timestamps": dict.fromkeys(data, float(t))}
+        self._frames = []
+
+    def collect_asset_docs(self):
+        yield from self.camera.collect_asset_docs()
