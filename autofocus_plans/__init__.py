@@ -20,6 +20,11 @@ _EXPORTS = {
     "fast_focus": "brenner",
     "fly_sweep": "fly",
     "fly_speed": "fly",
+    "FocusMap": "mapping",
+    "TileScan": "mapping",
+    "focus_map": "mapping",
+    "grid_points": "mapping",
+    "tile_scan": "mapping",
     "CatalogError": "catalog",
     "BadExposure": "exposure",
     "ExposureCheck": "exposure",
@@ -55,10 +60,12 @@ __all__ = [
     "BadExposure",
     "CatalogError",
     "ExposureCheck",
+    "FocusMap",
     "FocusResult",
     "NoFocusFound",
     "PeakFit",
     "PeakVerdict",
+    "TileScan",
     "assess_peak",
     "auto_exposure",
     "brenner_sweep",
@@ -72,7 +79,9 @@ __all__ = [
     "fly_speed",
     "fly_sweep",
     "focus_curve",
+    "focus_map",
     "frames_dir_for",
+    "grid_points",
     "judge_exposure",
     "load_frames",
     "load_table",
@@ -83,6 +92,7 @@ __all__ = [
     "replay",
     "run_stop",
     "subscribe_catalog",
+    "tile_scan",
     "track_focus",
 ]
 
@@ -90,14 +100,15 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from .brenner import FOCUS_METHODS, brenner_sweep, fast_focus
     from .catalog import CatalogError, frames_dir_for, open_catalog, subscribe_catalog
     from .durable import recover_runs
-    from .fly import fly_speed, fly_sweep
     from .exposure import BadExposure, ExposureCheck, auto_exposure, judge_exposure
+    from .fly import fly_speed, fly_sweep
     from .learned import (
         check_model_optics,
         cnn_focus,
         collect_training_set,
         track_focus,
     )
+    from .mapping import FocusMap, TileScan, focus_map, grid_points, tile_scan
     from .peak import PeakFit, PeakVerdict, assess_peak, fit_peak
     from .replay import (
         find_runs,

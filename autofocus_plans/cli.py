@@ -167,6 +167,26 @@ def cmd_replay(args) -> int:
     count = replay(run, LiveTable(fields))
     note = "" if run_stop(run) else " (no stop document: the run is running or incomplete)"
     print(f"replayed {count} documents of run {start['uid'][:8]}{note}")
+    if args.plot and start.get("plan_name") == "focus_map":
+        from .plots import plot_focus_map
+
+        table = load_table(run) if "primary" in run else {}
+        x_key, y_key = (start.get("motors") or ["x", "y"])[:2]
+        points = [
+            {"x": float(x), "y": float(y), "z": float(z), "found": bool(f)}
+            for x, y, z, f in zip(
+                table.get(x_key, []),
+                table.get(y_key, []),
+                table.get("focus_z", []),
+                table.get("found", []),
+                strict=True,
+            )
+        ]
+        path = plot_focus_map(
+            start.get("focus_map"), points, args.plot, title=f"run {start['uid'][:8]}"
+        )
+        print(f"focus map written to {path}")
+        return 0
     if args.plot:
         from .plots import plot_focus_curve
 
@@ -470,7 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     _catalog_arg(p)
     _create_arg(p)
     p.add_argument("uid", help="run uid or its first 6+ characters")
-    p.add_argument("--plot", metavar="FILE.png", help="write the focus curve to this PNG")
+    p.add_argument(
+        "--plot", metavar="FILE.png", help="write the focus curve (or focus map) to this PNG"
+    )
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser(

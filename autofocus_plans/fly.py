@@ -1,4 +1,4 @@
-"""Focus by a continuous-motion (fly) sweep: the stage moves through the range while the camera streams.
+"""Focus by a continuous-motion (fly) sweep: the stage moves while the camera streams.
 
 The stage sweeps upwards at constant speed; every frame's Z is its readback
 interpolated to the middle of the frame's exposure (:class:`devices.ZFlyer`).
@@ -40,7 +40,7 @@ def fly_speed(
     max_spacing_dof: float = 0.5,
     max_velocity_um_per_s: float = math.inf,
 ) -> float:
-    """Sweep speed (µm/s): blur within an exposure ≤ ``blur_dof`` DOF, frames ≤ ``max_spacing_dof`` apart."""
+    """Sweep speed (µm/s): blur within an exposure ≤ ``blur_dof`` DOF, frames ≤ ``max_spacing_dof``."""
     if not 0 < blur_dof <= 1 or not 0 < max_spacing_dof <= 1:
         raise ValueError(
             f"blur_dof and max_spacing_dof must be in (0, 1] depths of field, got {blur_dof!r} "
@@ -146,8 +146,13 @@ def fly_sweep(
         )
         _md = {
             "plan_name": "fly_sweep",
-            "plan_args": {"start": start, "stop": stop, "relative": relative,
-                          "blur_dof": blur_dof, "max_spacing_dof": max_spacing_dof},
+            "plan_args": {
+                "start": start,
+                "stop": stop,
+                "relative": relative,
+                "blur_dof": blur_dof,
+                "max_spacing_dof": max_spacing_dof,
+            },
             "method": "fly_sweep",
             "metric": metric,
             "illumination": illumination,
@@ -254,9 +259,7 @@ def fly_sweep(
                     result=result,
                 )
 
-        return (
-            yield from bpp.stage_wrapper(bpp.run_wrapper(searched(), md=_md), [camera])
-        )
+        return (yield from bpp.stage_wrapper(bpp.run_wrapper(searched(), md=_md), [camera]))
 
     def back_to_origin(exc):
         yield from approach(stage, origin, approach_um)

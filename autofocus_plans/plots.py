@@ -7,7 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_focus_curve", "plot_image_series", "plot_predictions", "plot_trajectory"]
+__all__ = [
+    "plot_focus_curve",
+    "plot_focus_map",
+    "plot_image_series",
+    "plot_predictions",
+    "plot_trajectory",
+]
 
 
 def _figure(**kwargs):
@@ -137,4 +143,59 @@ def plot_trajectory(
     ax.set_ylabel("z (µm)")
     ax.set_title(title)
     ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def plot_focus_map(
+    focus_map: dict,
+    points: Sequence[dict[str, float]],
+    path: str | Path,
+    *,
+    extent: tuple[float, float, float, float] | None = None,
+    title: str = "focus map",
+) -> Path:
+    """The fitted focal surface as a colour map with the measured points (refusals as crosses).
+
+    ``focus_map`` is a :meth:`~models.focal_surface.FocalSurfaceFit.to_dict`
+    description (or None: only the points are drawn); ``points`` carry
+    ``x``, ``y``, ``z`` and ``found``.
+    """
+    from models.focal_surface import FocalSurfaceFit
+
+    xs = np.array([p["x"] for p in points], float)
+    ys = np.array([p["y"] for p in points], float)
+    zs = np.array([p["z"] for p in points], float)
+    found = np.array([bool(p["found"]) for p in points])
+    if extent is None:
+        pad = 0.1 * max(np.ptp(xs), np.ptp(ys), 1.0)
+        extent = (xs.min() - pad, xs.max() + pad, ys.min() - pad, ys.max() + pad)
+    plt, fig = _figure(figsize=(5.4, 4.4))
+    ax = fig.add_subplot(1, 1, 1)
+    if focus_map:
+        fit = FocalSurfaceFit.from_dict(focus_map)
+        gx, gy = np.meshgrid(
+            np.linspace(extent[0], extent[1], 120), np.linspace(extent[2], extent[3], 120)
+        )
+        surface = fit.predict(gx, gy)
+        image = ax.imshow(surface, origin="lower", extent=extent, cmap="viridis", aspect="equal")
+        ax.contour(gx, gy, surface, colors="white", linewidths=0.6, alpha=0.7)
+        fig.colorbar(image, ax=ax, label="focus z (µm)")
+        title += f" ({fit.kind}, leave-one-out error {fit.loo_rms_um:.2f} µm)"
+    ax.scatter(xs[found], ys[found], c="white", edgecolors="black", s=36, label="focus found")
+    if (~found).any():
+        ax.scatter(xs[~found], ys[~found], marker="x", c="red", s=40, label="no focus (left out)")
+    for x, y, z, ok in zip(xs, ys, zs, found, strict=True):
+        if ok:
+            ax.annotate(
+                f"{z:.1f}",
+                (x, y),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+                color="white",
+            )
+    ax.set_xlabel("x (µm)")
+    ax.set_ylabel("y (µm)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=7)
     return _save(plt, fig, path)

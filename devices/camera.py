@@ -383,7 +383,9 @@ class SimCamera(Device):
                 while time.time() < start + period and not stop.is_set():
                     time.sleep(min(0.002, max(0.0, start + period - time.time())))
 
-        thread = threading.Thread(target=expose_back_to_back, name=f"{self.name}-stream", daemon=True)
+        thread = threading.Thread(
+            target=expose_back_to_back, name=f"{self.name}-stream", daemon=True
+        )
         self._streaming = (thread, stop, windows, settings)
         self.streamed = []
         thread.start()

@@ -160,12 +160,24 @@ class ZFlyer:
         cam = self.camera.name
         described = self.camera.describe()
         keys: dict[str, dict] = {
-            self.z_key: {"source": f"{self.stage.name}:readback@mid-exposure", "dtype": "number",
-                         "shape": [], "units": "um"},
-            f"{cam}_exposure_start": {"source": f"{cam}:clock", "dtype": "number", "shape": [],
-                                      "units": "s"},
-            f"{cam}_exposure_s": {"source": f"{cam}:clock", "dtype": "number", "shape": [],
-                                  "units": "s"},
+            self.z_key: {
+                "source": f"{self.stage.name}:readback@mid-exposure",
+                "dtype": "number",
+                "shape": [],
+                "units": "um",
+            },
+            f"{cam}_exposure_start": {
+                "source": f"{cam}:clock",
+                "dtype": "number",
+                "shape": [],
+                "units": "s",
+            },
+            f"{cam}_exposure_s": {
+                "source": f"{cam}:clock",
+                "dtype": "number",
+                "shape": [],
+                "units": "s",
+            },
         }
         measures = [*getattr(self.camera, "measures", ("brenner",)), *_FRAME_KEYS]
         for measure in measures:

@@ -221,9 +221,7 @@ class OpticalModel:
         image = (1 - w) * images[k, rows, cols] + w * images[k + 1, rows, cols]
         return image[margin:-margin, margin:-margin] if margin else image
 
-    def _clean_frame(
-        self, binning: int, window: tuple[float, float] | None
-    ) -> np.ndarray:
+    def _clean_frame(self, binning: int, window: tuple[float, float] | None) -> np.ndarray:
         """Noise-free frame; averaged over the Z travelled during ``window`` = (t0, t1)."""
         sources = self.illumination()
         if window is None or self.stage_position_at is None:

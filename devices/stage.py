@@ -193,7 +193,9 @@ class SimZStage(SynAxis):
             if stopped:
                 self.sim_state["setpoint"] = position
                 status.set_exception(
-                    RuntimeError(f"Move of {self.name} to {target} µm was stopped at {position:.3f} µm.")
+                    RuntimeError(
+                        f"Move of {self.name} to {target} µm was stopped at {position:.3f} µm."
+                    )
                 )
             else:
                 status.set_finished()
