@@ -40,7 +40,7 @@ def fly_speed(
     max_spacing_dof: float = 0.5,
     max_velocity_um_per_s: float = math.inf,
 ) -> float:
-    """Sweep speed (µm/s): blur within an exposure ≤ ``blur_dof`` DOF, frames ≤ ``max_spacing_dof``."""
+    """Sweep speed (µm/s): blur per exposure ≤ ``blur_dof``, frame spacing ≤ ``max_spacing_dof``."""
     if not 0 < blur_dof <= 1 or not 0 < max_spacing_dof <= 1:
         raise ValueError(
             f"blur_dof and max_spacing_dof must be in (0, 1] depths of field, got {blur_dof!r} "
