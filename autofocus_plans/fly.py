@@ -245,6 +245,7 @@ def fly_sweep(
                 peak_second_ratio=judged.second_peak_ratio,
                 exposure_s=exposure,
                 exposure_checks=check.frames if check else 0,
+                restarts=flyer.discarded_sweeps,
                 extra={"verdict": judged.failed or "found", "fly_speed_um_per_s": speed},
             )
             yield from emit_focus_result(result)

@@ -282,6 +282,8 @@ class SimCamera(Device):
 
     def unstage(self):
         try:
+            if self._streaming is not None:
+                self.stop_streaming(discard=True).wait(timeout=120)
             return super().unstage()
         finally:
             self._close_file()

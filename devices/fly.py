@@ -54,6 +54,10 @@ class ZFlyer:
         self._saved_velocity: float | None = None
         self._frames: list[dict[str, float]] = []
         self._lock = threading.Lock()
+        self._discarding = False
+        self._finisher: threading.Thread | None = None
+        #: sweeps cut short by a pause (and swept again)
+        self.discarded_sweeps = 0
 
     @property
     def z_key(self) -> str:
@@ -78,6 +82,10 @@ class ZFlyer:
         if self._target is None:
             raise RuntimeError(f"{self.name}: call prepare(stop, velocity) before kickoff().")
         self._frames = []
+        if self._finisher is not None:  # a sweep cut short by a pause is still winding down
+            self._finisher.join(timeout=120)
+            self._finisher = None
+        self._discarding = False
         if getattr(self.camera, "_streaming", None) is not None:  # left over from an abort
             self.camera.stop_streaming(discard=True).wait(timeout=120)
         with self._lock:
@@ -102,19 +110,25 @@ class ZFlyer:
             error = None
             try:
                 move.wait()
-            except Exception as exc:  # the frames taken so far are still stored
+            except Exception as exc:
                 error = exc
+            if self._stopped_short():
+                # stopped short (a pause, a stop, an abort): an incomplete sweep is not data
+                self._discarding, error = True, None
             try:
-                self.camera.stop_streaming().wait()
+                self.camera.stop_streaming(discard=self._discarding).wait()
                 self._finish_readbacks()
             except Exception as exc:
                 error = error or exc
+            if self._discarding:
+                self._frames = []
             if error is None:
                 status.set_finished()
             else:
                 status.set_exception(error)
 
-        threading.Thread(target=finish, name=f"{self.name}-complete", daemon=True).start()
+        self._finisher = threading.Thread(target=finish, name=f"{self.name}-complete", daemon=True)
+        self._finisher.start()
         return status
 
     def _finish_readbacks(self) -> None:
@@ -129,7 +143,7 @@ class ZFlyer:
     def stop(self, *, success: bool = False) -> None:
         """Halt the stage and the camera (the frames exposed so far are kept)."""
         self.stage.stop()
-        if self._move is not None:
+        if self._move is not None and self._finisher is None:  # kicked off, never completed
             self._move = None
             try:
                 self.camera.stop_streaming().wait(timeout=120)
@@ -138,12 +152,16 @@ class ZFlyer:
 
     # bluesky.protocols.Pausable: a sweep cut short is discarded; the plan sweeps again
     def pause(self) -> None:
-        if self._move is not None:
-            self._move = None
-            self.stage.stop()
-            self.camera.stop_streaming(discard=True).wait(timeout=120)
-            self._finish_readbacks()
-            self._frames = []
+        if self._move is not None and (not self._move.done or self._stopped_short()):
+            self.discarded_sweeps += 1
+            self.stage.stop(success=True)
+
+    def _stopped_short(self) -> bool:
+        """The sweep ended before its end point (stopped by a pause, a stop or an abort)."""
+        if self.stage.moving or self._target is None:
+            return False
+        span = abs(self._target - self._readbacks[0][1]) if self._readbacks else 1.0
+        return abs(float(self.stage.position) - self._target) > max(1e-3, 1e-3 * span)
 
     def resume(self) -> None:
         pass

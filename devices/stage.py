@@ -78,6 +78,7 @@ class SimZStage(SynAxis):
         self._knot_z: list[float] = [float(value)]
         self._motion_lock = threading.Lock()
         self._stop_requested = threading.Event()
+        self._stop_success = False
         self._moving = threading.Event()
 
     @property
@@ -204,8 +205,9 @@ class SimZStage(SynAxis):
         return status
 
     def stop(self, *, success: bool = False) -> None:
-        """Halt a move where the stage is now (its status then fails)."""
+        """Halt a move where the stage is now (its status fails unless ``success``)."""
         if self.moving:
+            self._stop_success = success
             self._stop_requested.set()
             deadline = time.monotonic() + 1.0
             while self.moving and time.monotonic() < deadline:

@@ -1,0 +1,182 @@
+"""Fly sweeps, focus maps and tile scans on the simulated microscope, into a real catalogue."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from bluesky.utils import RunEngineInterrupted
+
+from autofocus_plans import (
+    NoFocusFound,
+    focus_map,
+    fly_sweep,
+    load_table,
+    subscribe_catalog,
+    tile_scan,
+)
+from devices import CameraSensor, FocalSurface, ImageSample, SimMicroscope, SlideSample
+
+
+def _fly_scope(tmp_path, sample="bars", **kwargs):
+    # a real timeline (stage speed, exposures) but a small frame: the simulation stays cheap
+    return SimMicroscope(
+        sample,
+        seed=2,
+        sensor=CameraSensor(shape=(64, 64)),
+        frames_dir=tmp_path / "frames",
+        time_scale=1,
+        **kwargs,
+    )
+
+
+def test_fly_sweep_finds_focus_and_each_frame_gets_the_stage_position_mid_exposure(
+    RE, catalog, tmp_path
+):
+    mic = _fly_scope(tmp_path, focus_um=6.0, z_start_um=0.0)
+    subscribe_catalog(RE, catalog, cameras=[mic.camera])
+    dof = mic.depth_of_field_um
+    mic.led.set("center")
+    velocity = mic.z.velocity.get()
+    result = RE(fly_sweep(mic.camera, mic.z, mic.led, -5 * dof, 5 * dof)).plan_result
+    assert result.found and abs(result.best_z - mic.true_focus()) <= 0.15 * dof
+    assert mic.z.position == pytest.approx(result.best_z)
+    assert mic.led.pattern.get() == "center" and mic.z.velocity.get() == velocity
+
+    run = catalog[result.run_uid]
+    assert run.start["fly_blur_dof"] <= 0.25 + 1e-9
+    assert run.start["fly_spacing_dof"] <= 0.5 + 1e-9
+    table = load_table(run)
+    mid = table["camera_exposure_start"] + table["camera_exposure_s"] / 2
+    truth = np.array([mic.z.motor_position_at(t) for t in mid])
+    assert len(truth) == result.exposures >= 15
+    assert np.abs(table["z"] - truth).max() < 0.01 * dof  # from the readback, not a setpoint
+    assert np.all(np.diff(table["z"]) > 0)  # one upward sweep
+    assert run["primary"]["camera_image"].shape[0] == len(truth)
+
+
+def test_fly_sweep_refuses_a_blank_field_and_returns_the_stage(RE, tmp_path):
+    blank = ImageSample(amplitude=np.ones((64, 64)), label="blank")
+    mic = _fly_scope(tmp_path, sample=blank, z_start_um=3.0)
+    with pytest.raises(NoFocusFound, match=r"No focus peak.*returned to 3\.00 µm"):
+        RE(fly_sweep(mic.camera, mic.z, mic.led, -15, 15, max_extensions=0))
+    assert mic.z.position == 3.0
+
+
+def test_fly_sweep_needs_a_streaming_camera_and_a_sane_range(RE, tmp_path):
+    mic = _fly_scope(tmp_path)
+
+    class StillCamera:
+        name = "still"
+
+        def describe(self):
+            return {"still_brenner": {}}
+
+    with pytest.raises(TypeError, match="cannot stream frames.*brenner_sweep"):
+        RE(fly_sweep(StillCamera(), mic.z, mic.led))
+    with pytest.raises(ValueError, match="reversed"):
+        RE(fly_sweep(mic.camera, mic.z, mic.led, 10, -10))
+
+
+def test_a_pause_during_a_fly_sweep_sweeps_again_on_resume(RE, catalog, tmp_path):
+    mic = _fly_scope(tmp_path, focus_um=4.0, z_start_um=0.0)
+    subscribe_catalog(RE, catalog, cameras=[mic.camera])
+
+    path: list[float] = []
+
+    def pause_mid_sweep(value, **kwargs):
+        # what a double Ctrl-C does, once the upward sweep has passed the middle of its range
+        if path and min(path) < -15 and path[-1] < 0 <= value:
+            threading.Thread(target=RE.request_pause, kwargs={"defer": False}).start()
+        path.append(value)
+
+    mic.z.readback.subscribe(pause_mid_sweep, run=False)
+    with pytest.raises(RunEngineInterrupted):
+        RE(fly_sweep(mic.camera, mic.z, mic.led, -20, 20))
+    mic.z.readback.clear_sub(pause_mid_sweep)
+    result = RE.resume().plan_result
+    assert result.restarts == 1
+    assert result.found and abs(result.best_z - mic.true_focus()) <= 0.15 * mic.depth_of_field_um
+    table = load_table(catalog[result.run_uid])
+    assert np.all(np.diff(table["z"]) > 0)  # only the complete sweep was recorded
+    assert len(table["z"]) == result.exposures
+
+
+@pytest.fixture
+def slide_scope(tmp_path):
+    surface = FocalSurface(tilt_x=0.006, tilt_y=-0.004, curvature_per_um=5e-6, seed=4)
+    return SimMicroscope(
+        SlideSample("tissue", 3),
+        focus_um=2.0,
+        surface=surface,
+        sensor=CameraSensor(shape=(64, 64)),
+        frames_dir=tmp_path / "frames",
+        z_start_um=0.0,
+        time_scale=0,
+    )
+
+
+def test_focus_map_round_trips_through_the_catalogue_and_guides_a_tile_scan(
+    RE, catalog, slide_scope
+):
+    mic = slide_scope
+    subscribe_catalog(RE, catalog, cameras=[mic.camera])
+    dof = mic.depth_of_field_um
+    mapped = RE(focus_map(mic.camera, mic.z, mic.led, mic.xy, grid=(3, 3))).plan_result
+    assert len(mapped.points) == 9 and all(p["found"] for p in mapped.points)
+    assert mic.xy.actual_position == (0.0, 0.0) and mic.z.position == 0.0  # put back
+
+    run = catalog[mapped.run_uid]
+    assert run.start["plan_name"] == "focus_map"
+    assert set(run.start["point_run_uids"]) == {
+        catalog[u].start["uid"] for u in mapped.point_run_uids
+    }
+    table = load_table(run)
+    assert np.allclose(table["focus_z"], [p["z"] for p in mapped.points])
+    stored = run.start["focus_map"]
+    probe = np.array([[-350.0, 120.0], [10.0, -300.0], [390.0, 390.0]])
+    assert np.allclose(
+        mapped.fit.predict(probe[:, 0], probe[:, 1]),
+        __import__("models.focal_surface")
+        .focal_surface.FocalSurfaceFit.from_dict(stored)
+        .predict(probe[:, 0], probe[:, 1]),
+    )
+
+    mic.led.set("center")
+    scan = RE(tile_scan(mic.camera, mic.z, mic.led, mic.xy, stored, grid=(4, 4))).plan_result
+    errors = [abs(t["z"] - mic.true_focus_at(t["x"], t["y"])) / dof for t in scan.tiles]
+    assert len(errors) == 16 and max(errors) < 0.5
+    assert mic.led.pattern.get() == "center" and mic.xy.actual_position == (0.0, 0.0)
+    tiles = catalog[scan.run_uid]
+    assert tiles["primary"]["camera_image"].shape[0] == 16
+    assert tiles.start["focus_map"] == stored
+
+
+def test_a_map_with_too_few_points_refuses_to_fit_and_keeps_its_points(RE, catalog, slide_scope):
+    mic = slide_scope
+    subscribe_catalog(RE, catalog, cameras=[mic.camera])
+    with pytest.raises(ValueError, match=r"at least 3 points.*recorded in run"):
+        RE(focus_map(mic.camera, mic.z, mic.led, mic.xy, points=[[0, 0], [200, 0]]))
+    maps = [catalog[u] for u in list(catalog)[-1:]]
+    assert maps[0].start["plan_name"] == "focus_map" and maps[0].start["focus_map"] is None
+    assert len(load_table(maps[0])["focus_z"]) == 2
+    with pytest.raises(ValueError, match="needs a focus_map"):
+        RE(tile_scan(mic.camera, mic.z, mic.led, mic.xy))
+    with pytest.raises(ValueError, match="Unknown focus method"):
+        RE(focus_map(mic.camera, mic.z, mic.led, mic.xy, method="guess"))
+
+
+def test_map_plot_from_the_catalogue(RE, catalog, slide_scope, tmp_path):
+    from autofocus_plans.cli import main
+
+    mic = slide_scope
+    subscribe_catalog(RE, catalog, cameras=[mic.camera])
+    mapped = RE(focus_map(mic.camera, mic.z, mic.led, mic.xy, grid=(2, 2))).plan_result
+    png = tmp_path / "map.png"
+    code = main(
+        ["replay", mapped.run_uid[:8], "--catalog", str(tmp_path / "catalog"), "--plot", str(png)]
+    )
+    assert code == 0 and png.stat().st_size > 10_000
+    time.sleep(0)  # the plot is written synchronously
