@@ -11,8 +11,8 @@ from bluesky.utils import RunEngineInterrupted
 
 from autofocus_plans import (
     NoFocusFound,
-    focus_map,
     fly_sweep,
+    focus_map,
     load_table,
     subscribe_catalog,
     tile_scan,
@@ -74,7 +74,7 @@ def test_fly_sweep_needs_a_streaming_camera_and_a_sane_range(RE, tmp_path):
         def describe(self):
             return {"still_brenner": {}}
 
-    with pytest.raises(TypeError, match="cannot stream frames.*brenner_sweep"):
+    with pytest.raises(TypeError, match=r"cannot stream frames.*brenner_sweep"):
         RE(fly_sweep(StillCamera(), mic.z, mic.led))
     with pytest.raises(ValueError, match="reversed"):
         RE(fly_sweep(mic.camera, mic.z, mic.led, 10, -10))
