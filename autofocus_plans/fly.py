@@ -36,8 +36,8 @@ def fly_speed(
     exposure_s: float,
     frame_period_s: float,
     *,
-    blur_dof: float = 0.25,
-    max_spacing_dof: float = 0.5,
+    blur_dof: float = 0.5,
+    max_spacing_dof: float = 0.75,
     max_velocity_um_per_s: float = math.inf,
 ) -> float:
     """Sweep speed (µm/s): blur per exposure ≤ ``blur_dof``, frame spacing ≤ ``max_spacing_dof``."""
@@ -61,8 +61,8 @@ def fly_sweep(
     stop: float = 20.0,
     *,
     relative: bool = True,
-    blur_dof: float = 0.25,
-    max_spacing_dof: float = 0.5,
+    blur_dof: float = 0.5,
+    max_spacing_dof: float = 0.75,
     metric: str = "brenner",
     illumination: str = "brightfield",
     move_to_best: bool = True,

@@ -10,6 +10,7 @@ fraction) are ordinary readings, like an areaDetector Stats plugin.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -170,6 +171,8 @@ class SimCamera(Device):
         self.last_frame: np.ndarray | None = None
         self.last_file: Path | None = None
         self._streaming: tuple | None = None
+        #: threads computing streamed frames (the simulation, not the camera)
+        self.render_workers = min(4, len(os.sched_getaffinity(0)))
         #: per-frame readings of the last stream (see :meth:`stop_streaming`)
         self.streamed: list[dict[str, float]] = []
 
@@ -411,10 +414,14 @@ class SimCamera(Device):
         def render() -> None:
             try:
                 thread.join()
-                for start, end in [] if discard else windows:
-                    values = self._store(self._model.expose(settings, (start, end)))
-                    values.update(exposure_start=start, exposure_end=end)
-                    self.streamed.append(values)
+                chosen = [] if discard else windows
+                for start in range(0, len(chosen), 16):  # bounded memory for long streams
+                    batch = chosen[start : start + 16]
+                    frames = self._model.expose_many(settings, batch, workers=self.render_workers)
+                    for (t0, t1), frame in zip(batch, frames, strict=True):
+                        values = self._store(frame)
+                        values.update(exposure_start=t0, exposure_end=t1)
+                        self.streamed.append(values)
             except Exception as exc:
                 status.set_exception(exc)
             else:

@@ -228,8 +228,8 @@ class OpticalModel:
             return self.intensity(self.stage_position(), sources, binning)
         t0, t1 = window
         z0, z1 = self.stage_position_at(t0), self.stage_position_at(t1)
-        # planes a fifth of a depth of field apart integrate the travel within an exposure
-        planes = max(1, math.ceil(abs(z1 - z0) / (0.2 * self.depth_of_field_um)))
+        # planes a quarter of a depth of field apart integrate the travel within an exposure
+        planes = max(1, math.ceil(abs(z1 - z0) / (0.25 * self.depth_of_field_um) - 1e-9))
         if planes == 1:
             return self.intensity(self.stage_position_at(0.5 * (t0 + t1)), sources, binning)
         times = t0 + (np.arange(planes) + 0.5) / planes * (t1 - t0)
@@ -248,17 +248,40 @@ class OpticalModel:
         Without it the stage is taken where it is now.
         """
         started = time.perf_counter()
-        sensor = self.sensor
+        frame = self.add_noise(self.clean_frame(settings, window), settings)
+        self.render_seconds += time.perf_counter() - started
+        return frame
+
+    def expose_many(
+        self, settings: CameraSettings, windows: list[tuple[float, float]], workers: int = 2
+    ) -> list[np.ndarray]:
+        """Frames for several exposure windows; the optics of each computed in parallel."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            cleans = list(pool.map(lambda w: self.clean_frame(settings, w), windows))
+        frames = [self.add_noise(clean, settings) for clean in cleans]
+        self.render_seconds += time.perf_counter() - started
+        return frames
+
+    def clean_frame(
+        self, settings: CameraSettings, window: tuple[float, float] | None = None
+    ) -> np.ndarray:
+        """The noise-free frame in the camera's ROI (photons per unit rate)."""
         b = settings.binning
         clean = self._clean_frame(b, window)
         x, y, w, h = settings.roi
-        clean = clean[y // b : y // b + h // b, x // b : x // b + w // b]
+        return clean[y // b : y // b + h // b, x // b : x // b + w // b]
+
+    def add_noise(self, clean: np.ndarray, settings: CameraSettings) -> np.ndarray:
+        """Shot noise, read noise, gain, offset and clipping of a noise-free frame."""
+        sensor = self.sensor
+        b = settings.binning
         photons = clean * (self.leds.photon_rate * settings.exposure_s * b * b)
         electrons = self._rng.poisson(photons * sensor.quantum_efficiency).astype(np.float64)
         electrons = np.minimum(electrons, sensor.full_well_e * b * b)
         electrons += self._rng.normal(0.0, sensor.read_noise_e, electrons.shape)
         e_per_adu = sensor.full_well_e / sensor.max_adu / settings.gain
         adu = np.rint(electrons / e_per_adu) + sensor.offset_adu
-        frame = np.clip(adu, 0, sensor.max_adu).astype(np.uint16)
-        self.render_seconds += time.perf_counter() - started
-        return frame
+        return np.clip(adu, 0, sensor.max_adu).astype(np.uint16)
