@@ -60,18 +60,26 @@ def run_demo(
     seed: int = 0,
     sample: str = "tissue",
 ) -> dict[str, _Row]:
-    """Sweep, fast focus, training-set collection, training, CNN focus and drift tracking."""
+    """Sweep, fast and fly focus, training, CNN focus, drift tracking, a focus map and tile scan."""
     from bluesky import RunEngine
     from rich.console import Console
     from rich.table import Table
 
     import models
-    from devices import SimMicroscope
+    from devices import FocalSurface, SimMicroscope, SlideSample
 
     from .brenner import brenner_sweep, fast_focus
     from .catalog import frames_dir_for, open_catalog, subscribe_catalog
+    from .fly import fly_sweep
     from .learned import cnn_focus, collect_training_set, track_focus
-    from .plots import plot_focus_curve, plot_image_series, plot_predictions, plot_trajectory
+    from .mapping import focus_map, tile_scan
+    from .plots import (
+        plot_focus_curve,
+        plot_focus_map,
+        plot_image_series,
+        plot_predictions,
+        plot_trajectory,
+    )
     from .replay import load_table
 
     console = Console()
@@ -140,6 +148,16 @@ def run_demo(
     mic.z.set(mic.true_focus() - 4 * dof).wait()
     fast = RE(fast_focus(mic.camera, mic.z, mic.led, -25, 25, md={"sample": sample})).plan_result
     record("fast_focus", fast, mic.true_focus())
+
+    # 2b. a fly sweep: the stage moves while the camera streams (needs real time to pass)
+    step("fly sweep (continuous motion, realistic stage and camera timing)")
+    mic.z.time_scale = mic.camera.time_scale = 1.0
+    try:
+        mic.z.set(mic.true_focus() + 3 * dof).wait()
+        fly = RE(fly_sweep(mic.camera, mic.z, mic.led, -25, 25, md={"sample": sample})).plan_result
+        record("fly_sweep", fly, mic.true_focus())
+    finally:
+        mic.z.time_scale = mic.camera.time_scale = 0.0
 
     # 3. training set and training
     step(f"collecting a training set: {settings.fields} fields x {settings.shots} off-axis shots")
@@ -231,6 +249,55 @@ def run_demo(
     )
     rows["track_focus (per shot)"] = _Row(
         "track_focus (per shot)", list(errors), [1] * n, list(np.diff([0.0, *trajectory["time_s"]]))
+    )
+
+    # 6. a focus map over a tilted, curved slide, and a tile scan that follows it
+    step("focus map of a tilted slide (3x3 points) and a 4x4 tile scan at the mapped focus")
+    slide = SimMicroscope(
+        SlideSample(sample, seed),
+        focus_um=12.3,
+        z_start_um=12.3,
+        surface=FocalSurface(tilt_x=0.01, tilt_y=-0.006, curvature_per_um=6e-6, seed=seed),
+        time_scale=0,
+    )
+    slide.camera.write_dir = frames_dir_for(cat)
+    span = (-150.0, 150.0)
+    mapped = RE(
+        focus_map(
+            slide.camera,
+            slide.z,
+            slide.led,
+            slide.xy,
+            x_range=span,
+            y_range=span,
+            md={"sample": sample},
+        )
+    ).plan_result
+    plot_focus_map(
+        mapped.fit.to_dict(),
+        mapped.points,
+        output / "focus_map.png",
+        extent=(-180.0, 180.0, -180.0, 180.0),
+        title="Focus map of a tilted, curved slide",
+    )
+    tiles = RE(
+        tile_scan(
+            slide.camera,
+            slide.z,
+            slide.led,
+            slide.xy,
+            mapped.fit.to_dict(),
+            x_range=span,
+            y_range=span,
+            grid=(4, 4),
+            md={"sample": sample},
+        )
+    ).plan_result
+    rows["tile_scan (per tile)"] = _Row(
+        "tile_scan (per tile)",
+        [t["z"] - slide.true_focus_at(t["x"], t["y"]) for t in tiles.tiles],
+        [1] * len(tiles.tiles),  # one image per tile (the map took its own runs)
+        [tiles.elapsed_s / len(tiles.tiles)] * len(tiles.tiles),
     )
 
     summary = Table(title=f"Autofocus summary (simulated microscope, DOF {dof:.2f} µm)")

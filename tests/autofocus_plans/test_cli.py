@@ -53,11 +53,13 @@ def test_fast_demo_then_runs_show_replay(tmp_path):
     catalog, output = tmp_path / "catalog", tmp_path / "out"
     demo = _run("demo", "--fast", "--catalog", str(catalog), "--output", str(output), cwd=tmp_path)
     assert "Autofocus summary" in demo.stdout
+    assert "fly_sweep" in demo.stdout and "tile_scan" in demo.stdout
     for png in (
         "focus_curve.png",
         "defocus_series.png",
         "predicted_vs_true.png",
         "drift_tracking.png",
+        "focus_map.png",
     ):
         assert (output / png).stat().st_size > 1000, png
 
