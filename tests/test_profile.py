@@ -84,9 +84,18 @@ def test_queueserver_loader_finds_plans_and_devices(tmp_path):
     )
     listing = yaml.safe_load((tmp_path / "existing_plans_and_devices.yaml").read_text())
     plans, devices = listing["existing_plans"], listing["existing_devices"]
-    for plan in ("brenner_sweep", "fast_focus", "collect_training_set", "cnn_focus", "track_focus"):
+    for plan in (
+        "brenner_sweep",
+        "fast_focus",
+        "fly_sweep",
+        "collect_training_set",
+        "cnn_focus",
+        "track_focus",
+        "focus_map",
+        "tile_scan",
+    ):
         assert plan in plans, plan
-    for device in ("camera", "led", "z"):
+    for device in ("camera", "led", "z", "xy"):
         assert device in devices, device
     params = {p["name"]: p for p in plans["brenner_sweep"]["parameters"]}
     assert params["num"]["default"] == "21"

@@ -20,3 +20,4 @@ else:
     )
 camera, led, z = microscope.camera, microscope.led, microscope.z
 fov = getattr(microscope, "fov", None)
+xy = getattr(microscope, "xy", None)

@@ -8,11 +8,14 @@ from autofocus_plans import (  # noqa: F401
     collect_training_set,
     fast_focus,
     find_runs,
+    fly_sweep,
+    focus_map,
     load_frames,
     load_table,
     open_catalog,
     reanalyze,
     replay,
+    tile_scan,
     track_focus,
 )
 
