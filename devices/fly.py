@@ -37,7 +37,7 @@ class ZFlyer:
     """
 
     def __init__(self, camera, stage, *, name: str = "zfly") -> None:
-        for needed in ("start_streaming", "stop_streaming"):
+        for needed in ("start_streaming", "stop_streaming", "frame_period_s"):
             if not hasattr(camera, needed):
                 raise TypeError(
                     f"Camera {camera.name!r} cannot stream frames (no {needed}()); a fly "
