@@ -435,6 +435,12 @@ def cmd_shell(args) -> int:
     return 0
 
 
+def cmd_ioc(args) -> int:
+    from devices.ioc import serve
+
+    return serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autofocus",
@@ -539,6 +545,17 @@ def build_parser() -> argparse.ArgumentParser:
     _catalog_arg(p)
     _create_arg(p)
     p.set_defaults(func=cmd_shell, ipython_args=[])
+
+    p = sub.add_parser(
+        "ioc",
+        help="serve the simulated microscope over EPICS Channel Access (caproto)",
+        description="A caproto IOC: Z motor record, LED pattern/brightness, areaDetector-style "
+        "camera (cam1:, image1:), on 127.0.0.1 unless --host says otherwise.",
+    )
+    from devices.ioc_args import add_ioc_arguments
+
+    add_ioc_arguments(p)
+    p.set_defaults(func=cmd_ioc)
     return parser
 
 
