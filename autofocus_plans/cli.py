@@ -441,6 +441,12 @@ def cmd_ioc(args) -> int:
     return serve(args)
 
 
+def cmd_queue(args) -> int:
+    from .queue import queue_command
+
+    return queue_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autofocus",
@@ -556,6 +562,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ioc_arguments(p)
     p.set_defaults(func=cmd_ioc)
+
+    p = sub.add_parser(
+        "queue",
+        help="start, stop or query Redis + the queueserver (start-re-manager) on 127.0.0.1",
+        description="The queueserver for the profile's startup folder; see README, "
+        "'Queueing plans'.",
+    )
+    from .queue import add_queue_arguments
+
+    add_queue_arguments(p)
+    p.set_defaults(func=cmd_queue)
     return parser
 
 
