@@ -84,7 +84,13 @@ def _is_transport_error(err: BaseException) -> bool:
 
 # -- Z ----------------------------------------------------------------------------------
 class EpicsZStage(EpicsMotor):
-    """A Z stage driven through a motor record (µm); refuses, stalls and losses are clear errors."""
+    """A Z stage driven through a motor record (µm); refuses, stalls and losses are clear errors.
+
+    A move counts as done when the record says so (DMOV) without an alarm
+    and the readback is within ``position_tolerance_um`` of the target.
+    """
+
+    position_tolerance_um = 0.01
 
     @property
     def limits(self) -> tuple[float, float]:
@@ -142,18 +148,21 @@ class EpicsZStage(EpicsMotor):
 
         def finished(done):
             err = done.exception()
-            if err is None:
+            try:
+                reached = float(self.user_readback.get())
+                where = f"stopped at {reached:.3f} µm"
+            except Exception:
+                reached, where = math.nan, "position unknown"
+            # DMOV=1 short of the target (a stall the record did not flag) is a failure too
+            if err is None and abs(reached - target) <= self.position_tolerance_um:
                 status.set_finished()
                 return
-            try:
-                where = f"stopped at {float(self.user_readback.get()):.3f} µm"
-            except Exception:
-                where = "position unknown"
+            why = type(err).__name__ if err is not None else "short of the target"
             status.set_exception(
                 RuntimeError(
                     f"Move of {self.name} ({self.prefix}) to {target} µm did not complete "
-                    f"({where}; {type(err).__name__}): the motor stalled, hit a limit or "
-                    "stopped answering; no focus is claimed from this move."
+                    f"({where}; {why}): the motor stalled, hit a limit or stopped "
+                    "answering; no focus is claimed from this move."
                 )
             )
 
