@@ -72,6 +72,45 @@ def test_plans_from_the_queue_land_in_the_catalogue(queue):
         assert run["primary"]["camera_image"].shape[0] == run.stop["num_events"]["primary"]
 
 
+def test_cnn_focus_from_the_queue_with_a_model_trained_on_queued_runs(queue, tmp_path):
+    from bluesky_queueserver_api import BPlan
+
+    import models
+    from autofocus_plans import find_runs
+
+    api, catalog = queue["api"], queue["catalog"]
+    api.item_add(
+        BPlan(
+            "collect_training_set",
+            "camera",
+            "z",
+            "led",
+            "fov",
+            [0, 1],
+            shots_per_field=6,
+            sweep_points=15,
+            training_set="queued",
+        )
+    )
+    api.queue_start()
+    api.wait_for_idle(timeout=300)
+    assert _history(api)[-1]["result"]["exit_status"] == "completed"
+    runs = list(find_runs(catalog, purpose="training").values())
+    examples = models.examples_from_runs(runs, progress=False)
+    model = models.train(examples, "DefocusCNN", epochs=1, crops_per_frame=1, progress=False)
+    path = model.save(tmp_path / "queued.safetensors")
+
+    api.item_add(BPlan("cnn_focus", "camera", "z", "led", str(path)))
+    api.queue_start()
+    api.wait_for_idle(timeout=300)
+    item = _history(api)[-1]
+    assert item["result"]["exit_status"] == "completed", item["result"]["msg"]
+    (uid,) = item["result"]["run_uids"]
+    run = catalog[uid]
+    assert run.start["plan_name"] == "cnn_focus" and run.start["model_sha256"] == model.file_sha256
+    assert run["primary"]["camera_image"].shape[0] >= 1
+
+
 def test_bad_parameters_are_refused_with_the_validation_message(queue):
     from bluesky_queueserver_api import BPlan
 
