@@ -19,22 +19,15 @@ from autofocus_plans import open_catalog
 AUTOFOCUS = str(Path(sys.executable).with_name("autofocus"))
 
 
-@pytest.fixture(scope="module")
-def queue(tmp_path_factory):
-    """A running queue on free loopback ports over the simulated microscope; stopped afterwards."""
+@contextlib.contextmanager
+def running_queue(root: Path, **env_vars: str):
+    """`autofocus queue start` on free loopback ports with an open environment; stopped after."""
     from bluesky_queueserver_api.zmq import REManagerAPI
 
-    root = tmp_path_factory.mktemp("queue")
     open_catalog(root / "catalog", create=True)
     ports = [_free_port() for _ in range(3)]
-    state = root / "state"
-    env = os.environ | {
-        "AUTOFOCUS_CATALOG": str(root / "catalog"),
-        "AUTOFOCUS_TIME_SCALE": "1",  # real-time moves and exposures: long enough to abort
-        "AUTOFOCUS_SAMPLE": "cells",
-    }
-    env.pop("AUTOFOCUS_HARDWARE", None)
-    command = [AUTOFOCUS, "queue", "--dir", str(state), "--redis-port", str(ports[0])]
+    env = os.environ | {"AUTOFOCUS_CATALOG": str(root / "catalog"), **env_vars}
+    command = [AUTOFOCUS, "queue", "--dir", str(root / "state"), "--redis-port", str(ports[0])]
     command += ["--control-port", str(ports[1]), "--info-port", str(ports[2])]
     try:
         subprocess.run([*command[:2], "start", *command[2:]], env=env, check=True, timeout=120)
@@ -48,6 +41,18 @@ def queue(tmp_path_factory):
         api.close()
     finally:
         subprocess.run([*command[:2], "stop", *command[2:]], env=env, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def queue(tmp_path_factory):
+    """A running queue over the simulated microscope in the worker process."""
+    os.environ.pop("AUTOFOCUS_HARDWARE", None)
+    with running_queue(
+        tmp_path_factory.mktemp("queue"),
+        AUTOFOCUS_TIME_SCALE="1",  # real-time moves and exposures: long enough to abort
+        AUTOFOCUS_SAMPLE="cells",
+    ) as q:
+        yield q
 
 
 def _history(api) -> list[dict]:
@@ -151,3 +156,30 @@ def test_aborted_plan_leaves_the_led_restored(queue):
     (uid,) = _history(api)[-1]["result"]["run_uids"]
     config = catalog[uid]["primary"].metadata["configuration"]["led"]
     assert config["data"]["led_pattern"] == "brightfield"
+
+
+def test_the_queue_drives_the_ioc(epics_ports, tmp_path):
+    """The same startup files with AUTOFOCUS_HARDWARE=devices.epics:connect: plans go over CA."""
+    from bluesky_queueserver_api import BPlan
+    from conftest import autofocus_ioc
+    from ophyd import EpicsSignalRO
+
+    prefix = "AFQ:"
+    with (
+        autofocus_ioc(tmp_path, epics_ports, prefix, "--size", "128", "--time-scale", "0"),
+        running_queue(
+            tmp_path, AUTOFOCUS_HARDWARE="devices.epics:connect", AUTOFOCUS_EPICS_PREFIX=prefix
+        ) as q,
+    ):
+        api, catalog = q["api"], q["catalog"]
+        api.item_add(BPlan("fast_focus", "camera", "z", "led"))
+        api.queue_start()
+        api.wait_for_idle(timeout=300)
+        item = _history(api)[-1]
+        assert item["result"]["exit_status"] == "completed", item["result"]["msg"]
+        (uid,) = item["result"]["run_uids"]
+        run = catalog[uid]
+        assert run.start["optics"]["camera_roi_width"] == 128  # the IOC's camera, not the sim's
+        assert run["primary"]["camera_image"].shape[1:] == (128, 128)
+        pattern = EpicsSignalRO(f"{prefix}LED:Pattern_RBV", name="pattern", string=True)
+        assert pattern.get() == "brightfield"
