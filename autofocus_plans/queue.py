@@ -142,14 +142,22 @@ def start(args: argparse.Namespace) -> int:
     return 0
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (an exited one that nobody reaped yet is not)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    # once `queue start` has exited, its children belong to init (or a subreaper): when they
+    # exit they may linger as zombies that this process cannot reap
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
 def _alive(state: dict) -> bool:
-    for key in ("redis_pid", "manager_pid"):
-        try:
-            os.kill(state[key], 0)
-            return True
-        except (ProcessLookupError, PermissionError, KeyError):
-            continue
-    return False
+    return any(_running(state[key]) for key in ("redis_pid", "manager_pid") if key in state)
 
 
 def _stop(state: dict) -> None:
@@ -161,17 +169,13 @@ def _stop(state: dict) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pid, 0)
-            except (ProcessLookupError, PermissionError):
-                break
+        while _running(pid) and time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
             time.sleep(0.1)
-        else:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+        # whatever of its group (the worker) ignored SIGTERM
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def stop(args: argparse.Namespace) -> int:

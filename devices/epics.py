@@ -147,9 +147,13 @@ class EpicsZStage(EpicsMotor):
         status = Status(obj=self)
 
         def finished(done):
+            # off the callback thread: it asks the IOC (the monitored readback may lag DMOV)
+            threading.Thread(target=judge, args=(done,), daemon=True).start()
+
+        def judge(done):
             err = done.exception()
             try:
-                reached = float(self.user_readback.get())
+                reached = float(self.user_readback.get(use_monitor=False))
                 where = f"stopped at {reached:.3f} µm"
             except Exception:
                 reached, where = math.nan, "position unknown"
