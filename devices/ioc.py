@@ -221,6 +221,10 @@ class MicroscopeIOC(PVGroup):
 
     async def _move(self, instance) -> None:
         fields = instance.field_inst
+        if fields.stop.value:
+            # a STOP that came while idle (the RunEngine stops every motor it touched at the
+            # end of a plan) is spent: only a STOP during this move ends it
+            await fields.stop.write(0)
         await fields.done_moving_to_value.write(0)
         await fields.motor_is_moving.write(1)
         stalled = False
