@@ -455,6 +455,18 @@ def cmd_shell(args) -> int:
     return 0
 
 
+def cmd_ioc(args) -> int:
+    from devices.ioc import serve
+
+    return serve(args)
+
+
+def cmd_queue(args) -> int:
+    from .queue import queue_command
+
+    return queue_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autofocus",
@@ -561,6 +573,28 @@ def build_parser() -> argparse.ArgumentParser:
     _catalog_arg(p)
     _create_arg(p)
     p.set_defaults(func=cmd_shell, ipython_args=[])
+
+    p = sub.add_parser(
+        "ioc",
+        help="serve the simulated microscope over EPICS Channel Access (caproto)",
+        description="A caproto IOC: Z motor record, LED pattern/brightness, areaDetector-style "
+        "camera (cam1:, image1:), on 127.0.0.1 unless --host says otherwise.",
+    )
+    from devices.ioc_args import add_ioc_arguments
+
+    add_ioc_arguments(p)
+    p.set_defaults(func=cmd_ioc)
+
+    p = sub.add_parser(
+        "queue",
+        help="start, stop or query Redis + the queueserver (start-re-manager) on 127.0.0.1",
+        description="The queueserver for the profile's startup folder; see README, "
+        "'Queueing plans'.",
+    )
+    from .queue import add_queue_arguments
+
+    add_queue_arguments(p)
+    p.set_defaults(func=cmd_queue)
     return parser
 
 

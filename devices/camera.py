@@ -4,7 +4,9 @@ The image itself never travels in events: ``stage()`` opens the run's HDF5
 file and emits a StreamResource; each ``trigger()`` appends one frame and
 emits a StreamDatum (``external: "STREAM:"``). Per-frame scalars computed
 from the frame (the configured focus measures, mean, max, saturated
-fraction) are ordinary readings, like an areaDetector Stats plugin.
+fraction) are ordinary readings, like an areaDetector Stats plugin. The
+recording part is :class:`~devices.frames.FrameRecorder`, shared with the
+Channel Access camera.
 """
 
 from __future__ import annotations
@@ -13,25 +15,18 @@ import json
 import os
 import threading
 import time
-import uuid
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import h5py
 import numpy as np
-from event_model import StreamRange, compose_stream_resource
 from ophyd import Component as Cpt
-from ophyd import Device, Signal
+from ophyd import Signal
 from ophyd.status import DeviceStatus
 
-from models.focus_measures import FOCUS_MEASURES, brenner_noise, focus_measure
-
+from .frames import HDF5_DATASET, FrameRecorder
 from .simulator import CameraSettings, OpticalModel
 
 __all__ = ["HDF5_DATASET", "SimCamera"]
-
-HDF5_DATASET = "/entry/data/data"
 
 
 class _CheckedSignal(Signal):
@@ -81,7 +76,7 @@ def _roi_value(sig, value):
     return int(value)
 
 
-class SimCamera(Device):
+class SimCamera(FrameRecorder):
     """A scientific camera on the simulated microscope.
 
     Readings: ``<name>_brenner`` (hinted) and any other configured focus
@@ -97,19 +92,6 @@ class SimCamera(Device):
     and for a recorded z-stack whether it is cropped or resampled to the
     sensor).
     """
-
-    image = Cpt(Signal, kind="omitted")
-    mean = Cpt(Signal, value=0.0, kind="normal")
-    max = Cpt(Signal, value=0, kind="normal")
-    saturated_fraction = Cpt(Signal, value=0.0, kind="normal")
-
-    brenner = Cpt(Signal, value=0.0, kind="hinted")
-    brenner_noise = Cpt(Signal, value=0.0, kind="normal")
-    normalized_variance = Cpt(Signal, value=0.0, kind="omitted")
-    tenengrad = Cpt(Signal, value=0.0, kind="omitted")
-    vollath_f4 = Cpt(Signal, value=0.0, kind="omitted")
-    squared_gradient = Cpt(Signal, value=0.0, kind="omitted")
-    fft_bandpass = Cpt(Signal, value=0.0, kind="omitted")
 
     min_exposure_s = Cpt(Signal, value=1e-5, kind="config")
     max_exposure_s = Cpt(Signal, value=10.0, kind="config")
@@ -140,18 +122,9 @@ class SimCamera(Device):
     ) -> None:
         super().__init__(name=name, **kwargs)
         self._model = model
-        self.write_dir = Path(write_dir)
+        self._init_frames(write_dir, measures)
         self.readout_time_s = readout_time_s
         self.time_scale = time_scale
-        self.measures = self._check_measures(measures)
-        for measure in FOCUS_MEASURES:
-            getattr(self, measure).kind = (
-                "hinted"
-                if measure == "brenner"
-                else "normal"
-                if measure in self.measures
-                else "omitted"
-            )
         height, width = model.sensor.shape
         self.roi_width.put(width)
         self.roi_height.put(height)
@@ -162,26 +135,11 @@ class SimCamera(Device):
         self.binning.subscribe(self._update_pixel_size, run=False)
         self.gain.subscribe(self._update_conversion, run=False)
         self._update_conversion(self.gain.get())
-        self._asset_docs: deque = deque()
-        self._file: h5py.File | None = None
-        self._dataset: h5py.Dataset | None = None
-        self._compose_datum = None
-        self._frames_written = 0
-        self._lock = threading.Lock()
-        self.last_frame: np.ndarray | None = None
-        self.last_file: Path | None = None
         self._streaming: tuple | None = None
         #: threads computing streamed frames (the simulation, not the camera)
         self.render_workers = min(4, len(os.sched_getaffinity(0)))
         #: per-frame readings of the last stream (see :meth:`stop_streaming`)
         self.streamed: list[dict[str, float]] = []
-
-    @staticmethod
-    def _check_measures(measures: Sequence[str]) -> tuple[str, ...]:
-        chosen = tuple(dict.fromkeys(["brenner", *measures]))
-        for measure in chosen:
-            focus_measure(measure)  # raises a clear error for unknown names
-        return chosen
 
     def _update_pixel_size(self, value, **kwargs):
         self.pixel_size_um.put(self._model.sample_pixel_um(int(value)))
@@ -189,15 +147,6 @@ class SimCamera(Device):
     def _update_conversion(self, value, **kwargs):
         sensor = self._model.sensor
         self.electrons_per_adu.put(sensor.full_well_e / sensor.max_adu / float(value))
-
-    def pixel_variance(self, frame: np.ndarray) -> np.ndarray:
-        """Noise variance of each pixel of ``frame`` (ADU²) from the camera's noise model.
-
-        Shot noise of the detected electrons, read noise and quantisation.
-        """
-        k = self.electrons_per_adu.get()
-        signal = np.maximum(frame.astype(np.float64) - self.offset_adu.get(), 0.0)
-        return signal / k + (self.read_noise_e.get() / k) ** 2 + 1 / 12
 
     # -- geometry ---------------------------------------------------------------
     def settings(self) -> CameraSettings:
@@ -234,69 +183,10 @@ class SimCamera(Device):
         self._refresh_scene()
         return super().describe_configuration()
 
-    def describe(self):
-        desc = super().describe()
-        h, w = self.frame_shape()
-        desc[self.image.name] = {
-            "source": f"sim:{self.name}:hdf5",
-            "dtype": "array",
-            "dtype_numpy": np.dtype(np.uint16).str,
-            "shape": [h, w],
-            "external": "STREAM:",
-        }
-        return desc
-
-    def stage(self):
-        h, w = self.frame_shape()
-        # a run that failed before its first reading leaves documents and a file behind
-        self._asset_docs.clear()
-        self._close_file()
-        day = time.strftime("%Y/%m/%d")
-        folder = self.write_dir / day
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"{self.name}_{uuid.uuid4().hex[:12]}.h5"
-            self._file = h5py.File(path, "w", libver="latest")
-        except OSError as err:
-            raise OSError(
-                f"Camera {self.name} cannot write frames under {self.write_dir} ({err}); "
-                "choose a writable frames folder."
-            ) from err
-        self._dataset = self._file.create_dataset(
-            HDF5_DATASET, shape=(0, h, w), maxshape=(None, h, w), chunks=(1, h, w), dtype="<u2"
-        )
-        self._file.swmr_mode = True
-        self._frames_written = 0
-        self.last_file = path
-        bundle = compose_stream_resource(
-            mimetype="application/x-hdf5",
-            uri=path.resolve().as_uri().replace("file://", "file://localhost", 1),
-            data_key=self.image.name,
-            parameters={
-                "dataset": HDF5_DATASET,
-                "chunk_shape": [1, h, w],
-                "join_method": "stack",
-                "swmr": True,
-            },
-        )
-        self._compose_datum = bundle.compose_stream_datum
-        self._asset_docs.append(("stream_resource", bundle.stream_resource_doc))
-        return super().stage()
-
     def unstage(self):
-        try:
-            if self._streaming is not None:
-                self.stop_streaming(discard=True).wait(timeout=120)
-            return super().unstage()
-        finally:
-            self._close_file()
-
-    def _close_file(self) -> None:
-        with self._lock:
-            if self._file is not None:
-                self._file.close()
-            self._file = None
-            self._dataset = None
+        if self._streaming is not None:
+            self.stop_streaming(discard=True).wait(timeout=120)
+        return super().unstage()
 
     def trigger(self) -> DeviceStatus:
         if self._streaming is not None:
@@ -321,29 +211,6 @@ class SimCamera(Device):
 
         threading.Thread(target=acquire, name=f"{self.name}-acquire", daemon=True).start()
         return status
-
-    def _store(self, frame: np.ndarray) -> dict[str, float]:
-        self.last_frame = frame
-        values: dict[str, float] = {m: focus_measure(m)(frame) for m in self.measures}
-        max_adu = self._model.sensor.max_adu
-        values["mean"] = float(frame.mean())
-        values["max"] = int(frame.max())
-        values["saturated_fraction"] = float(np.count_nonzero(frame >= max_adu) / frame.size)
-        values["brenner_noise"] = brenner_noise(frame, self.pixel_variance(frame))
-        for key, value in values.items():
-            getattr(self, key).put(value)
-        with self._lock:
-            if self._dataset is None:
-                return values  # not staged: a snapshot outside a run, nothing to record
-            i = self._frames_written
-            self._dataset.resize(i + 1, axis=0)
-            self._dataset[i] = frame
-            self._dataset.flush()
-            self._frames_written = i + 1
-            self._asset_docs.append(
-                ("stream_datum", self._compose_datum(indices=StreamRange(start=i, stop=i + 1)))
-            )
-        return values
 
     # -- streaming (continuous acquisition, for fly scans) -------------------------
     def frame_period_s(self) -> float:
@@ -431,13 +298,3 @@ class SimCamera(Device):
 
         threading.Thread(target=render, name=f"{self.name}-render", daemon=True).start()
         return status
-
-    def collect_asset_docs(self) -> Iterator:
-        while self._asset_docs:
-            yield self._asset_docs.popleft()
-
-    def snap(self) -> np.ndarray:
-        """Take one frame outside a run and return it (nothing is recorded)."""
-        self.trigger().wait(timeout=60)
-        assert self.last_frame is not None
-        return self.last_frame

@@ -172,3 +172,79 @@ def tiled_server(tmp_path):
     data = tmp_path / "server"
     with autofocus_serve(tmp_path, "--data", str(data), "--api-key", port_key) as (_p, url, _log):
         yield {"url": url, "api_key": port_key, "frames": data / "frames"}
+
+
+# -- EPICS: a CA repeater and `autofocus ioc` processes on loopback, non-default ports ---------
+@pytest.fixture(scope="session")
+def epics_ports():
+    """Channel Access confined to 127.0.0.1 on free ports for this session, with a CA repeater.
+
+    Set before ophyd's first Channel Access context exists (caproto reads the
+    environment then); restored and stopped at the end of the session.
+    """
+    ports = {"server": _free_port(), "repeater": _free_port()}
+    env = {
+        "EPICS_CA_ADDR_LIST": "127.0.0.1",
+        "EPICS_CA_AUTO_ADDR_LIST": "NO",
+        "EPICS_CA_SERVER_PORT": str(ports["server"]),
+        "EPICS_CA_REPEATER_PORT": str(ports["repeater"]),
+        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
+    }
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    repeater = subprocess.Popen(
+        [str(Path(sys.executable).with_name("caproto-repeater")), "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield ports
+    finally:
+        _stop_group(repeater)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def autofocus_ioc(folder: Path, ports: dict, prefix: str, *args: str):
+    """A real `autofocus ioc` serving ``prefix``; stopped on exit whatever happens.
+
+    Yields the process once ``{prefix}sim:Description`` answers.
+    """
+    from devices.epics import read_description
+
+    log_path = folder / f"ioc-{prefix.strip(':')}.log"
+    autofocus = Path(sys.executable).with_name("autofocus")
+    command = [
+        str(autofocus),
+        "ioc",
+        "--prefix",
+        prefix,
+        "--port",
+        str(ports["server"]),
+        "--repeater-port",
+        str(ports["repeater"]),
+        *args,
+    ]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                read_description(prefix, timeout_s=2)
+                break
+            except ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "autofocus ioc did not start: " + log_path.read_text()
+                    ) from None
+        yield process
+    finally:
+        _stop_group(process)

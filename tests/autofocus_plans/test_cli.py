@@ -27,6 +27,8 @@ COMMANDS = [
     "train",
     "evaluate",
     "shell",
+    "ioc",
+    "queue",
 ]
 
 

@@ -1,4 +1,6 @@
 # Plans: bluesky's own and the autofocus plans, ready for RE(...) or the queue.
+import inspect
+
 from bluesky.plans import count, list_scan, rel_scan, scan  # noqa: F401
 from bluesky_queueserver import is_re_worker_active
 
@@ -18,6 +20,11 @@ from autofocus_plans import (  # noqa: F401
     tile_scan,
     track_focus,
 )
+
+# the plan modules use postponed annotations (strings); the queueserver builds its parameter
+# validation from the signature, so hand it the evaluated one (Readable, Movable, ...)
+for _plan in (brenner_sweep, fast_focus, collect_training_set, cnn_focus, track_focus):
+    _plan.__signature__ = inspect.signature(_plan, eval_str=True)
 
 if not is_re_worker_active():
     _ready = "catalog" if catalog is not None else "(no catalogue: runs refused)"  # noqa: F821
