@@ -193,6 +193,7 @@ class SimZStage(SynAxis):
             self._moving.clear()
             if stopped:
                 self.sim_state["setpoint"] = position
+            if stopped and not self._stop_success:
                 status.set_exception(
                     RuntimeError(
                         f"Move of {self.name} to {target} µm was stopped at {position:.3f} µm."

