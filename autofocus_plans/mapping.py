@@ -27,7 +27,7 @@ from models.focal_surface import FocalSurfaceFit, fit_focal_surface
 from .brenner import brenner_sweep, fast_focus
 from .fly import fly_sweep
 from .results import NoFocusFound, NumbersReading, optics_metadata
-from .stubs import approach, depth_of_field_from_devices, stage_field
+from .stubs import approach, depth_of_field_from_devices, stage_field, stage_limits
 
 __all__ = ["MAP_METHODS", "FocusMap", "TileScan", "focus_map", "grid_points", "tile_scan"]
 
@@ -334,6 +334,7 @@ def tile_scan(
         check_model_optics(learned, camera, led, off_axis_pattern)
     led_pattern, exposure = led.pattern.get(), float(camera.exposure_time.get())
     x0, y0, z0 = float(x_axis.position), float(y_axis.position), float(stage.position)
+    stage_low = stage_limits(stage)[0]
     visited: list[dict[str, float]] = []
     t0 = time.monotonic()
     _md = {
@@ -362,9 +363,12 @@ def tile_scan(
         yield from bps.mv(led, illumination)
         for i, (x, y) in enumerate(tiles):
             yield from bps.checkpoint()
-            yield from bps.mv(x_axis, x, y_axis, y)
             predicted = float(fit.predict(x, y))
-            yield from approach(stage, predicted, approach_um)
+            # Z moves while XY does; it still arrives from below (overshoot first if above)
+            below = predicted - approach_um if predicted < float(stage.position) else predicted
+            yield from bps.mv(x_axis, x, y_axis, y, stage, max(below, stage_low))
+            if below != predicted:
+                yield from bps.mv(stage, predicted)
             correction = math.nan
             devices = [camera, stage, x_axis, y_axis]
             if learned is not None:
