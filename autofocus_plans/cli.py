@@ -18,6 +18,7 @@ from pathlib import Path
 # path works from a checkout, an editable install and a regular install alike.
 PROFILES = (Path(__file__).parent / "profiles").resolve()
 TILED_CONFIG = PROFILES / "tiled" / "config.yml"
+TILED_POSTGRESQL_CONFIG = PROFILES / "tiled" / "config-postgresql.yml"
 PROFILE_DIR = PROFILES / "profile_autofocus"
 
 
@@ -229,7 +230,16 @@ def cmd_serve(args) -> int:
     os.environ.update(
         TILED_API_KEY=key, AUTOFOCUS_SERVER_DATA=str(data), AUTOFOCUS_FRAMES_DIR=str(frames)
     )
-    config_path = Path(args.config)
+    if args.database:
+        from .postgres import check_database_uri
+
+        os.environ.update(
+            AUTOFOCUS_CATALOG_DB=check_database_uri(args.database, "--database"),
+            AUTOFOCUS_TABLES_DB=check_database_uri(args.tables or args.database, "--tables"),
+        )
+    elif args.tables:
+        raise ValueError("--tables needs --database (the PostgreSQL catalogue) as well.")
+    config_path = Path(args.config or (TILED_POSTGRESQL_CONFIG if args.database else TILED_CONFIG))
     if not config_path.is_file():
         raise OSError(f"No Tiled config at {config_path}; pass --config FILE.yml.")
     config = parse_configs(config_path)
@@ -238,8 +248,9 @@ def cmd_serve(args) -> int:
 
     app = build_app_from_config(config)
     url = f"http://{args.host}:{args.port}"
+    where = _without_password(args.database) if args.database else str(data)
     print(
-        f"Serving the catalogue in {data} at {url}\n"
+        f"Serving the catalogue in {where} at {url}\n"
         f"  clients:  export TILED_API_KEY={key} AUTOFOCUS_FRAMES_DIR={frames}\n"
         f"            autofocus runs --catalog {url}\n"
         "  stop with Ctrl-C (or SIGTERM)"
@@ -252,6 +263,16 @@ def cmd_serve(args) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _without_password(uri: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 # -- learned focus -------------------------------------------------------------------------
@@ -494,7 +515,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", help="API key (default $TILED_API_KEY or a random one, printed)")
-    p.add_argument("--config", default=str(TILED_CONFIG), help="Tiled config file")
+    p.add_argument(
+        "--database",
+        metavar="URI",
+        help="keep the catalogue in this PostgreSQL database, postgresql://USER@HOST:PORT/DB "
+        "(default: SQLite files in --data)",
+    )
+    p.add_argument(
+        "--tables",
+        metavar="URI",
+        help="PostgreSQL database for the event tables (default: the --database one)",
+    )
+    p.add_argument(
+        "--config",
+        help="Tiled config file (default: profiles/tiled/config.yml, "
+        "or config-postgresql.yml with --database)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("collect", help="collect a training set on the simulated microscope")
