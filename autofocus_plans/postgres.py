@@ -227,8 +227,8 @@ class LocalPostgres:
         """Connection URI of ``database`` (``driver`` e.g. ``postgresql+asyncpg``)."""
         return f"{driver}://postgres@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self, name: str) -> str:
-        """Create database ``name`` (if missing); return its ``postgresql://`` URI."""
+    def query(self, sql: str, database: str = "postgres") -> list[list[str]]:
+        """Rows of ``sql`` run by ``psql`` in ``database`` (fields as text)."""
         result = subprocess.run(
             [
                 str(self.bin_dir / "psql"),
@@ -239,28 +239,24 @@ class LocalPostgres:
                 "-U",
                 "postgres",
                 "-d",
-                "postgres",
-                "-tAc",
-                f"SELECT 1 FROM pg_database WHERE datname = '{name}'",
+                database,
+                "-tA",
+                "-F",
+                "\t",
+                "-c",
+                sql,
             ],
             capture_output=True,
             text=True,
-            check=True,
         )
-        if result.stdout.strip() != "1":
-            subprocess.run(
-                [
-                    str(self.bin_dir / "createdb"),
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                    "-U",
-                    "postgres",
-                    name,
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
+        if result.returncode != 0:
+            raise RuntimeError(f"psql failed on {sql!r}: {result.stderr.strip()}")
+        return [line.split("\t") for line in result.stdout.splitlines() if line]
+
+    def create_database(self, name: str) -> str:
+        """Create database ``name`` (if missing); return its ``postgresql://`` URI."""
+        if not name.replace("_", "").isalnum():
+            raise ValueError(f"Database name {name!r}: use letters, digits and underscores.")
+        if not self.query(f"SELECT 1 FROM pg_database WHERE datname = '{name}'"):
+            self.query(f'CREATE DATABASE "{name}"')
         return self.uri(name)
