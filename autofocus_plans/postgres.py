@@ -227,8 +227,11 @@ class LocalPostgres:
         """Connection URI of ``database`` (``driver`` e.g. ``postgresql+asyncpg``)."""
         return f"{driver}://postgres@127.0.0.1:{self.port}/{database}"
 
-    def query(self, sql: str, database: str = "postgres") -> list[list[str]]:
-        """Rows of ``sql`` run by ``psql`` in ``database`` (fields as text)."""
+    def query(
+        self, sql: str, database: str = "postgres", *, script: Path | None = None
+    ) -> list[list[str]]:
+        """Rows of ``sql`` (or of the SQL file ``script``) run by ``psql`` in ``database``."""
+        source = ["-f", str(script)] if script is not None else ["-c", sql]
         result = subprocess.run(
             [
                 str(self.bin_dir / "psql"),
@@ -243,8 +246,9 @@ class LocalPostgres:
                 "-tA",
                 "-F",
                 "\t",
-                "-c",
-                sql,
+                "-v",
+                "ON_ERROR_STOP=1",
+                *source,
             ],
             capture_output=True,
             text=True,

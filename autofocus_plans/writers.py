@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import sys
+import time
 from collections import Counter
 from typing import Any
 
@@ -60,7 +61,8 @@ def run_writer(location: str, name: str, runs: int, *, frame_px: int = 64, seed:
 
     Each manifest: ``uid``, ``writer``, ``sample``, ``documents`` (counts by
     document name), ``events`` (counts by stream name), ``frames`` (digests
-    of the primary stream's frames, in order), ``exit_status``.
+    of the primary stream's frames, in order), ``exit_status``, and the
+    ``started``/``finished`` times of the run (seconds since the epoch).
     """
     from bluesky import RunEngine
 
@@ -78,6 +80,7 @@ def run_writer(location: str, name: str, runs: int, *, frame_px: int = 64, seed:
     for index in range(runs):
         tally = _RunTally(mic.camera)
         sample = f"{name}:{index}"
+        started = time.time()
         result = RE(
             brenner_sweep(
                 mic.camera,
@@ -99,6 +102,8 @@ def run_writer(location: str, name: str, runs: int, *, frame_px: int = 64, seed:
             "events": dict(tally.events),
             "frames": tally.frames,
             "exit_status": result.exit_status,
+            "started": started,
+            "finished": time.time(),
         }
 
 
@@ -117,37 +122,45 @@ def check_runs(catalog, manifests: list[dict[str, Any]]) -> list[str]:
     camera's frames, in order; replayed documents all belong to this run and
     hold the same number of events.
     """
-    from .replay import run_stop
-
     problems: list[str] = []
     for m in manifests:
-        uid = m["uid"]
         try:
-            run = catalog[uid]
-        except KeyError:
-            problems.append(f"run {uid[:8]} of {m['writer']} is missing")
-            continue
-        start, stop = run.start, run_stop(run)
-        if (start.get("writer"), start.get("sample")) != (m["writer"], m["sample"]):
-            problems.append(f"run {uid[:8]} holds another run's metadata: {start.get('sample')}")
-        if stop is None or stop.get("exit_status") != m["exit_status"]:
-            problems.append(f"run {uid[:8]} has stop {stop and stop.get('exit_status')}")
-        elif stop.get("num_events", {}) != m["events"]:
-            problems.append(f"run {uid[:8]} stop counts {stop.get('num_events')} != {m['events']}")
-        for stream, n in m["events"].items():
-            stored = len(run[stream].read()["time"])
-            if stored != n:
-                problems.append(f"run {uid[:8]} stream {stream}: {stored} events, emitted {n}")
-        if _stored_frames(run) != m["frames"]:
-            problems.append(f"run {uid[:8]}: stored frames differ from the camera's")
-        n_events = 0
-        for name, doc in run.documents():
-            n_events += 1 if name == "event" else len(doc["seq_num"]) if name == "event_page" else 0
-            owner = doc.get("run_start")
-            if owner is not None and owner != uid:
-                problems.append(f"run {uid[:8]} replays a document of run {owner[:8]}")
-        if n_events != sum(m["events"].values()):
-            problems.append(f"run {uid[:8]} replays {n_events} events, emitted {m['events']}")
+            problems += _check_run(catalog, m)
+        except Exception as err:  # an unreadable run is a finding, and the others still count
+            problems.append(f"run {m['uid'][:8]} cannot be read: {type(err).__name__}: {err}")
+    return problems
+
+
+def _check_run(catalog, m: dict[str, Any]) -> list[str]:
+    from .replay import load_table, run_stop
+
+    uid = m["uid"]
+    try:
+        run = catalog[uid]
+    except KeyError:
+        return [f"run {uid[:8]} of {m['writer']} is missing"]
+    problems = []
+    start, stop = run.start, run_stop(run)
+    if (start.get("writer"), start.get("sample")) != (m["writer"], m["sample"]):
+        problems.append(f"run {uid[:8]} holds another run's metadata: {start.get('sample')}")
+    if stop is None or stop.get("exit_status") != m["exit_status"]:
+        problems.append(f"run {uid[:8]} has stop {stop and stop.get('exit_status')}")
+    elif stop.get("num_events", {}) != m["events"]:
+        problems.append(f"run {uid[:8]} stop counts {stop.get('num_events')} != {m['events']}")
+    for stream, n in m["events"].items():
+        stored = len(load_table(run, stream)["time"])
+        if stored != n:
+            problems.append(f"run {uid[:8]} stream {stream}: {stored} events, emitted {n}")
+    if _stored_frames(run) != m["frames"]:
+        problems.append(f"run {uid[:8]}: stored frames differ from the camera's")
+    n_events = 0
+    for name, doc in run.documents():
+        n_events += 1 if name == "event" else len(doc["seq_num"]) if name == "event_page" else 0
+        owner = doc.get("run_start")
+        if owner is not None and owner != uid:
+            problems.append(f"run {uid[:8]} replays a document of run {owner[:8]}")
+    if n_events != sum(m["events"].values()):
+        problems.append(f"run {uid[:8]} replays {n_events} events, emitted {m['events']}")
     return problems
 
 

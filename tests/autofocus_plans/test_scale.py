@@ -8,8 +8,16 @@ import time
 
 import bluesky.plans as bp
 import numpy as np
+import pytest
 
-from autofocus_plans import find_runs, load_frames, open_catalog, replay, subscribe_catalog
+from autofocus_plans import (
+    find_runs,
+    load_frames,
+    load_table,
+    open_catalog,
+    replay,
+    subscribe_catalog,
+)
 from autofocus_plans.cli import main
 from autofocus_plans.writers import check_runs, frame_digest
 
@@ -114,3 +122,17 @@ def test_check_runs_notices_a_missing_and_a_mixed_run(catalog, RE, mic):
     problems = check_runs(catalog, [manifest, ghost])
     assert any("another run's metadata" in p for p in problems)
     assert any("is missing" in p for p in problems)
+
+
+def test_listing_a_server_reads_the_best_z_from_the_run_metadata(pg_server, RE, mic, monkeypatch):
+    from autofocus_plans import brenner_sweep
+    from autofocus_plans.replay import summarize_run
+
+    monkeypatch.setenv("AUTOFOCUS_FRAMES_DIR", str(pg_server["frames"]))
+    catalog = open_catalog(pg_server["url"], api_key=pg_server["api_key"])
+    subscribe_catalog(RE, catalog)
+    result = RE(brenner_sweep(mic.camera, mic.z, mic.led, -20, 20, 9, check_exposure=False))
+    run = open_catalog(pg_server["url"], api_key=pg_server["api_key"])[result.run_start_uids[0]]
+    best_z = float(load_table(run, "focus_result")["best_z"][-1])
+    assert run.metadata["summary"]["best_z"] == pytest.approx(best_z)
+    assert summarize_run(run).result == f"best z {best_z:.2f} µm"
