@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from autofocus_plans import (
+    brenner_sweep,
     find_runs,
     load_frames,
     load_table,
@@ -26,24 +27,35 @@ RUNS_PER_WRITER = 2
 
 
 def test_serve_on_postgresql_round_trip(pg_server, postgres, RE, mic, monkeypatch):
+    from autofocus_plans.replay import summarize_run
+
     monkeypatch.setenv("AUTOFOCUS_FRAMES_DIR", str(pg_server["frames"]))
     catalog = open_catalog(pg_server["url"], api_key=pg_server["api_key"])
     subscribe_catalog(RE, catalog, cameras=[mic.camera])
     frames = []
-    (uid,) = RE(
-        bp.scan([mic.camera], mic.z, -6, 6, 4),
-        lambda name, doc: name == "event" and frames.append(mic.camera.last_frame.copy()),
+    result = RE(
+        brenner_sweep(mic.camera, mic.z, mic.led, -20, 20, 9, check_exposure=False),
+        lambda name, doc: (
+            name == "event"
+            and "camera_brenner" in doc["data"]
+            and frames.append(mic.camera.last_frame.copy())
+        ),
         sample="cells:1",
-    ).run_start_uids
+    )
+    (uid,) = result.run_start_uids
     reader = open_catalog(pg_server["url"], api_key=pg_server["api_key"])
-    assert np.array_equal(load_frames(reader[uid]), np.stack(frames))
-    assert list(find_runs(reader, plan_name="scan", sample="cells:1")) == [uid]
-    assert replay(reader[uid], lambda name, doc: None) > 0
-    # the catalogue and the event table really are in PostgreSQL, not in SQLite files
+    run = reader[uid]
+    assert np.array_equal(load_frames(run), np.stack(frames))
+    assert list(find_runs(reader, plan_name="brenner_sweep", sample="cells:1")) == [uid]
+    assert replay(run, lambda name, doc: None) > 0
+    # listing reads the best Z from the run's metadata, not from its focus_result table
+    best_z = float(load_table(run, "focus_result")["best_z"][-1])
+    assert run.metadata["summary"]["best_z"] == pytest.approx(best_z)
+    assert summarize_run(run).result == f"best z {best_z:.2f} µm"
+    # the catalogue and the event tables really are in PostgreSQL, not in SQLite files
     (count,) = postgres.query(f"SELECT count(*) FROM nodes WHERE key = '{uid}'", "autofocus")
     assert count == ["1"]
-    data = pg_server["frames"].parent
-    assert not list(data.glob("*.db"))
+    assert not list(pg_server["frames"].parent.glob("*.db"))
 
 
 def test_serve_refuses_a_database_that_is_not_postgresql(tmp_path, capsys):
@@ -122,17 +134,3 @@ def test_check_runs_notices_a_missing_and_a_mixed_run(catalog, RE, mic):
     problems = check_runs(catalog, [manifest, ghost])
     assert any("another run's metadata" in p for p in problems)
     assert any("is missing" in p for p in problems)
-
-
-def test_listing_a_server_reads_the_best_z_from_the_run_metadata(pg_server, RE, mic, monkeypatch):
-    from autofocus_plans import brenner_sweep
-    from autofocus_plans.replay import summarize_run
-
-    monkeypatch.setenv("AUTOFOCUS_FRAMES_DIR", str(pg_server["frames"]))
-    catalog = open_catalog(pg_server["url"], api_key=pg_server["api_key"])
-    subscribe_catalog(RE, catalog)
-    result = RE(brenner_sweep(mic.camera, mic.z, mic.led, -20, 20, 9, check_exposure=False))
-    run = open_catalog(pg_server["url"], api_key=pg_server["api_key"])[result.run_start_uids[0]]
-    best_z = float(load_table(run, "focus_result")["best_z"][-1])
-    assert run.metadata["summary"]["best_z"] == pytest.approx(best_z)
-    assert summarize_run(run).result == f"best z {best_z:.2f} µm"
