@@ -221,6 +221,16 @@ def cmd_serve(args) -> int:
     """
     from tiled.config import parse_configs
 
+    if args.database:
+        from .postgres import check_database_uri
+
+        # the PostgreSQL config reads these two (see its header)
+        os.environ.update(
+            AUTOFOCUS_CATALOG_DB=check_database_uri(args.database, "--database"),
+            AUTOFOCUS_TABLES_DB=check_database_uri(args.tables or args.database, "--tables"),
+        )
+    elif args.tables:
+        raise ValueError("--tables needs --database (the PostgreSQL catalogue) as well.")
     data = Path(args.data).resolve()
     frames = Path(args.frames).resolve() if args.frames else data / "frames"
     for folder in (data, data / "data", frames):
@@ -230,15 +240,6 @@ def cmd_serve(args) -> int:
     os.environ.update(
         TILED_API_KEY=key, AUTOFOCUS_SERVER_DATA=str(data), AUTOFOCUS_FRAMES_DIR=str(frames)
     )
-    if args.database:
-        from .postgres import check_database_uri
-
-        os.environ.update(
-            AUTOFOCUS_CATALOG_DB=check_database_uri(args.database, "--database"),
-            AUTOFOCUS_TABLES_DB=check_database_uri(args.tables or args.database, "--tables"),
-        )
-    elif args.tables:
-        raise ValueError("--tables needs --database (the PostgreSQL catalogue) as well.")
     config_path = Path(args.config or (TILED_POSTGRESQL_CONFIG if args.database else TILED_CONFIG))
     if not config_path.is_file():
         raise OSError(f"No Tiled config at {config_path}; pass --config FILE.yml.")

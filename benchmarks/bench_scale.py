@@ -218,7 +218,8 @@ def clone_rows(template: dict, n: int, seed: int = 0) -> list[tuple[str, str]]:
         )
         start.pop("writer", None)
         stop = dict(template["stop"], uid=str(uuid.uuid4()), run_start=uid, time=t + 2.0)
-        rows.append((uid, json.dumps({"start": start, "stop": stop})))
+        # the template's other keys too: the run summary the writer adds at stop
+        rows.append((uid, json.dumps({**template, "start": start, "stop": stop})))
     return rows
 
 
@@ -370,7 +371,7 @@ def run(quick: bool) -> str:
                 target.insert(clone_rows(template, n_runs))
                 t_insert = time.perf_counter() - t0
                 catalog = target.open()  # a new client: no cached length
-                total = len(catalog)
+                total = n_runs + len(result["manifests"])
                 now = time.time()
                 for label, query in searches(now).items():
                     seconds, (count, _shown) = _timed(listing(catalog, query), repeats)

@@ -59,9 +59,11 @@ def test_serve_on_postgresql_round_trip(pg_server, postgres, RE, mic, monkeypatc
 
 
 def test_serve_refuses_a_database_that_is_not_postgresql(tmp_path, capsys):
-    code = main(["serve", "--data", str(tmp_path), "--database", "sqlite:///x.db"])
+    data = tmp_path / "server"
+    code = main(["serve", "--data", str(data), "--database", "sqlite:///x.db"])
     assert code == 2
     assert "is not a PostgreSQL database URI: give postgresql://" in capsys.readouterr().err
+    assert not data.exists()  # refused before anything was made
 
 
 def test_three_writers_and_a_reader_on_one_server(pg_server, tmp_path):
