@@ -164,7 +164,7 @@ def write_concurrently(target: Backend, tmp: Path, runs: int, frame_px: int) -> 
     ]
     # what the writers said when the catalogue refused a run (its journal keeps it)
     refusals = [
-        line.strip()
+        line.strip().split("; its documents")[0]
         for log in logs
         for line in Path(log.name).read_text().splitlines()
         if "refused run" in line
