@@ -340,19 +340,53 @@ def _training_runs(catalog, training_set: str):
     return runs
 
 
+def _torchrun(nproc: int, argv: list[str]) -> int:
+    """Run this same command in ``nproc`` processes under torchrun (on this machine)."""
+    import subprocess
+
+    if nproc < 1:
+        raise ValueError(f"--nproc {nproc}: give a number of processes of 1 or more.")
+    # torchrun would take --nproc (or an abbreviation) for its own --nproc-per-node
+    worker_argv, skip = [], False
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif len(name) > 3 and "--nproc".startswith(name):
+            skip = "=" not in token
+        else:
+            worker_argv.append(token)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc-per-node={nproc}", "-m", "autofocus_plans.cli", *worker_argv]
+    return subprocess.run(command).returncode
+
+
 def cmd_train(args) -> int:
+    if args.nproc != 1 and "LOCAL_RANK" not in os.environ:
+        return _torchrun(args.nproc, args.argv)
+    import torch.distributed as dist
+
     import models
 
-    runs = _training_runs(_open(args), args.training_set)
-    examples = models.examples_from_runs(runs)
-    model = models.train(
-        examples,
-        args.architecture,
-        epochs=args.epochs,
-        crops_per_frame=args.crops,
-        seed=args.seed,
-        name=args.name,
-    )
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        dist.init_process_group("gloo")  # the models train on the CPU
+    try:
+        runs = _training_runs(_open(args), args.training_set)
+        examples = models.examples_from_runs(runs, progress=not distributed)
+        model = models.train(
+            examples,
+            args.architecture,
+            epochs=args.epochs,
+            crops_per_frame=args.crops,
+            seed=args.seed,
+            name=args.name,
+        )
+        if distributed and dist.get_rank() != 0:
+            return 0  # the same model on every rank: rank 0 saves it
+    finally:
+        if distributed:
+            dist.destroy_process_group()
     path = model.save(args.out)
     v = model.metadata["validation"]
     print(
@@ -555,6 +589,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", help="model name recorded in the checkpoint")
     p.add_argument("--out", default="model.safetensors", help="checkpoint file to write")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train in this many processes on this machine (torchrun, DistributedDataParallel)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a model on held-out runs; report and plots")
@@ -586,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown and args.command != "shell":
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.ipython_args = unknown
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # to run again under torchrun
     try:
         return args.func(args)
     except (KeyError, ValueError, OSError, RuntimeError) as err:
