@@ -184,9 +184,8 @@ def train(
     optimizer = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3)
     loss_fn = nn.SmoothL1Loss(beta=0.05)
-    generator = torch.Generator().manual_seed(seed)  # batch order: the same on every rank
-    # augmentation draws differ in number between ranks: their own generator then
-    augment = generator if world == 1 else torch.Generator().manual_seed(seed + 1 + rank)
+    # batch order and flips: the same draws on every rank, each rank using its share
+    generator = torch.Generator().manual_seed(seed)
     best = (float("inf"), copy.deepcopy(net.state_dict()), 0)
     t0 = time.monotonic()
     quiet = not progress or rank != 0
@@ -195,14 +194,15 @@ def train(
         net.train()
         order = torch.randperm(len(y_train), generator=generator)
         for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            if len(idx) < 2 * world:  # the same test on every rank: the same number of steps
+            batch = order[i : i + batch_size]
+            if len(batch) < 2 * world:  # the same test on every rank: the same number of steps
                 continue
-            idx = idx[rank::world]
+            mine = slice(rank, None, world)
+            idx = batch[mine]
             xb = x_train[idx]
             if architecture == "DefocusCNN":
                 # flipping rows is a symmetry of illumination along x; flipping columns is not
-                flip = torch.rand(len(idx), generator=augment) < 0.5
+                flip = (torch.rand(len(batch), generator=generator) < 0.5)[mine]
                 flipped = xb.flip(-2)
                 # the centred FFT's zero row is at crop/2: after a flip it must be rolled back
                 flipped[:, 1] = flipped[:, 1].roll(1, dims=-2)
