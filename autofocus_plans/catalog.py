@@ -343,6 +343,12 @@ def subscribe_catalog(
 
     Notes
     -----
+    Frames must reach the catalogue: a camera with a ``write_dir`` that a plan
+    stages is pointed at the catalogue's frames folder before its first
+    exposure (so cameras need not be named here), and a StreamResource or
+    Resource naming a file outside that folder stops the run with
+    :class:`~autofocus_plans.frames.FrameLocationError` (see ``frames``).
+
     Before subscribing, the runs of writers that died are recovered from their
     journals: every journaled event is written and a stop document with
     ``exit_status="fail"`` and the reason is added. Should the catalogue
@@ -351,8 +357,10 @@ def subscribe_catalog(
     them as JSON lines in ``unsaved-documents/`` beside the frames folder).
     """
     from .durable import DurableWriter, journal_dir_for, recover_runs
+    from .frames import FrameLocationGuard, frames_to_catalog
 
     cameras = list(cameras)
+    frames = getattr(catalog, "autofocus_frames_dir", None)
     if cameras:
         folder = frames_dir_for(catalog)
         try:
@@ -364,15 +372,22 @@ def subscribe_catalog(
             ) from None
         for camera in cameras:
             camera.write_dir = folder
+    # cameras not named here are pointed at the frames folder when a plan stages them,
+    # before their first exposure; any other frame file outside it stops the run at once
+    frames = Path(frames) if frames else None
+    # one such preprocessor per RunEngine: the catalogue subscribed last decides
+    RE.preprocessors[:] = [p for p in RE.preprocessors if not hasattr(p, "autofocus_frames_dir")]
+    guard = frames_to_catalog(frames)
+    guard.autofocus_frames_dir = frames
+    RE.preprocessors.append(guard)
     if not durable:
         from bluesky.callbacks.tiled_writer import TiledWriter
 
         # if writing to the catalogue fails mid-run, the documents go to JSON-lines files
-        frames = getattr(catalog, "autofocus_frames_dir", None)
-        backup = str(Path(frames).parent / "unsaved-documents") if frames else None
-        return RE.subscribe(TiledWriter(catalog, backup_directory=backup))
+        backup = str(frames.parent / "unsaved-documents") if frames else None
+        writer = TiledWriter(catalog, backup_directory=backup)
+        return RE.subscribe(FrameLocationGuard(writer, frames))
     journals = journal_dir_for(catalog)
     recover_runs(catalog)  # a new writer starts: finish the runs of writers that died
-    return RE.subscribe(
-        DurableWriter(catalog, journal_dir=journals, sync_interval_s=sync_interval_s)
-    )
+    writer = DurableWriter(catalog, journal_dir=journals, sync_interval_s=sync_interval_s)
+    return RE.subscribe(FrameLocationGuard(writer, frames))

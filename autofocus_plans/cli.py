@@ -18,6 +18,7 @@ from pathlib import Path
 # path works from a checkout, an editable install and a regular install alike.
 PROFILES = (Path(__file__).parent / "profiles").resolve()
 TILED_CONFIG = PROFILES / "tiled" / "config.yml"
+TILED_POSTGRESQL_CONFIG = PROFILES / "tiled" / "config-postgresql.yml"
 PROFILE_DIR = PROFILES / "profile_autofocus"
 
 
@@ -240,6 +241,16 @@ def cmd_serve(args) -> int:
     """
     from tiled.config import parse_configs
 
+    if args.database:
+        from .postgres import check_database_uri
+
+        # the PostgreSQL config reads these two (see its header)
+        os.environ.update(
+            AUTOFOCUS_CATALOG_DB=check_database_uri(args.database, "--database"),
+            AUTOFOCUS_TABLES_DB=check_database_uri(args.tables or args.database, "--tables"),
+        )
+    elif args.tables:
+        raise ValueError("--tables needs --database (the PostgreSQL catalogue) as well.")
     data = Path(args.data).resolve()
     frames = Path(args.frames).resolve() if args.frames else data / "frames"
     for folder in (data, data / "data", frames):
@@ -249,7 +260,7 @@ def cmd_serve(args) -> int:
     os.environ.update(
         TILED_API_KEY=key, AUTOFOCUS_SERVER_DATA=str(data), AUTOFOCUS_FRAMES_DIR=str(frames)
     )
-    config_path = Path(args.config)
+    config_path = Path(args.config or (TILED_POSTGRESQL_CONFIG if args.database else TILED_CONFIG))
     if not config_path.is_file():
         raise OSError(f"No Tiled config at {config_path}; pass --config FILE.yml.")
     config = parse_configs(config_path)
@@ -258,8 +269,9 @@ def cmd_serve(args) -> int:
 
     app = build_app_from_config(config)
     url = f"http://{args.host}:{args.port}"
+    where = _without_password(args.database) if args.database else str(data)
     print(
-        f"Serving the catalogue in {data} at {url}\n"
+        f"Serving the catalogue in {where} at {url}\n"
         f"  clients:  export TILED_API_KEY={key} AUTOFOCUS_FRAMES_DIR={frames}\n"
         f"            autofocus runs --catalog {url}\n"
         "  stop with Ctrl-C (or SIGTERM)"
@@ -272,6 +284,16 @@ def cmd_serve(args) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _without_password(uri: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 # -- learned focus -------------------------------------------------------------------------
@@ -338,19 +360,53 @@ def _training_runs(catalog, training_set: str):
     return runs
 
 
+def _torchrun(nproc: int, argv: list[str]) -> int:
+    """Run this same command in ``nproc`` processes under torchrun (on this machine)."""
+    import subprocess
+
+    if nproc < 1:
+        raise ValueError(f"--nproc {nproc}: give a number of processes of 1 or more.")
+    # torchrun would take --nproc (or an abbreviation) for its own --nproc-per-node
+    worker_argv, skip = [], False
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif len(name) > 3 and "--nproc".startswith(name):
+            skip = "=" not in token
+        else:
+            worker_argv.append(token)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc-per-node={nproc}", "-m", "autofocus_plans.cli", *worker_argv]
+    return subprocess.run(command).returncode
+
+
 def cmd_train(args) -> int:
+    if args.nproc != 1 and "LOCAL_RANK" not in os.environ:
+        return _torchrun(args.nproc, args.argv)
+    import torch.distributed as dist
+
     import models
 
-    runs = _training_runs(_open(args), args.training_set)
-    examples = models.examples_from_runs(runs)
-    model = models.train(
-        examples,
-        args.architecture,
-        epochs=args.epochs,
-        crops_per_frame=args.crops,
-        seed=args.seed,
-        name=args.name,
-    )
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        dist.init_process_group("gloo")  # the models train on the CPU
+    try:
+        runs = _training_runs(_open(args), args.training_set)
+        examples = models.examples_from_runs(runs, progress=not distributed)
+        model = models.train(
+            examples,
+            args.architecture,
+            epochs=args.epochs,
+            crops_per_frame=args.crops,
+            seed=args.seed,
+            name=args.name,
+        )
+        if distributed and dist.get_rank() != 0:
+            return 0  # the same model on every rank: rank 0 saves it
+    finally:
+        if distributed:
+            dist.destroy_process_group()
     path = model.save(args.out)
     v = model.metadata["validation"]
     print(
@@ -528,7 +584,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", help="API key (default $TILED_API_KEY or a random one, printed)")
-    p.add_argument("--config", default=str(TILED_CONFIG), help="Tiled config file")
+    p.add_argument(
+        "--database",
+        metavar="URI",
+        help="keep the catalogue in this PostgreSQL database, postgresql://USER@HOST:PORT/DB "
+        "(default: SQLite files in --data)",
+    )
+    p.add_argument(
+        "--tables",
+        metavar="URI",
+        help="PostgreSQL database for the event tables (default: the --database one)",
+    )
+    p.add_argument(
+        "--config",
+        help="Tiled config file (default: profiles/tiled/config.yml, "
+        "or config-postgresql.yml with --database)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("collect", help="collect a training set on the simulated microscope")
@@ -552,6 +623,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", help="model name recorded in the checkpoint")
     p.add_argument("--out", default="model.safetensors", help="checkpoint file to write")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train in this many processes on this machine (torchrun, DistributedDataParallel)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a model on held-out runs; report and plots")
@@ -605,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown and args.command != "shell":
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.ipython_args = unknown
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # to run again under torchrun
     try:
         return args.func(args)
     except (KeyError, ValueError, OSError, RuntimeError) as err:

@@ -242,7 +242,11 @@ def summarize_run(run, journals=None) -> RunSummary:
     start = run.start
     stop = run_stop(run)
     best_z = None
-    if "focus_result" in run:
+    summary = run.metadata.get("summary") or {}
+    num_events = (stop or {}).get("num_events") or {}
+    if "best_z" in summary:  # written with the stop document: no table to read
+        best_z = float("nan") if summary["best_z"] is None else float(summary["best_z"])
+    elif (stop is None or num_events.get("focus_result")) and "focus_result" in run:
         table = load_table(run, "focus_result")
         if "best_z" in table and len(table["best_z"]):
             best_z = float(table["best_z"][-1])

