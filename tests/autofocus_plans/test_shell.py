@@ -49,7 +49,9 @@ def test_ctrl_c_pauses_a_sweep_and_the_session_survives(tmp_path):
         shell.expect(r"LED before: (\w+)")
         led_before = shell.match.group(1)
         shell.expect(PROMPT)
-        shell.sendline("RE(brenner_sweep(camera, z, led, -20, 20, 41, illumination='center'))")
+        # 161 points: ~10 s of sweep, so the Ctrl-C lands mid-sweep even when a loaded machine
+        # delays pexpect's reading of the table by seconds
+        shell.sendline("RE(brenner_sweep(camera, z, led, -20, 20, 161, illumination='center'))")
         shell.expect(r"\|\s+3 \|")  # the third LiveTable row: the sweep is under way
         shell.sendintr()
         shell.expect("deferred pause")
