@@ -38,7 +38,7 @@ from .results import (
     emit_focus_result,
     optics_metadata,
 )
-from .stubs import approach, depth_of_field_from_devices, stage_field, stage_limits
+from .stubs import approach, depth_of_field_from_devices, search_range, stage_field, stage_limits
 
 __all__ = ["FOCUS_METHODS", "brenner_sweep", "fast_focus"]
 
@@ -240,7 +240,8 @@ def _judge(curve: _FocusCurve, step: float, points: int, max_extensions: int, fa
         extensions += 1
 
 
-def _refusal(verdict: PeakVerdict, curve: _FocusCurve, origin: float, extensions: int) -> str:
+def refusal_sentence(verdict: PeakVerdict, origin: float, extensions: int) -> str:
+    """The NoFocusFound sentence: the failed criterion, the extensions tried, where the stage is."""
     reason = verdict.reason
     if verdict.failed == "open" and extensions:
         reason += f" (after {extensions} extension(s), up to the soft limits)"
@@ -269,19 +270,7 @@ def _focus_plan(
     """Shared frame of every sharpness plan: metadata, LED, exposure, run, verdict, restore."""
     dof = depth_of_field_from_devices(camera, led)
     curve = _FocusCurve(camera, stage, metric, approach_um, dof, check_exposure=check_exposure)
-    origin = float(stage.position)
-    low, high = (origin + range_um[0], origin + range_um[1]) if relative else range_um
-    stage_low, stage_high = stage_limits(stage)
-    if not low < high:
-        raise ValueError(
-            f"Search range {low:.2f} to {high:.2f} µm is reversed or empty (start >= stop); "
-            "give the lower end first, e.g. start=-20, stop=20."
-        )
-    if not stage_low <= low < high <= stage_high:
-        raise ValueError(
-            f"Search range {low:.2f} to {high:.2f} µm does not fit the stage's soft limits "
-            f"[{stage_low}, {stage_high}] µm; narrow or move the range."
-        )
+    origin, low, high = search_range(stage, *range_um, relative)
     led_pattern = led.pattern.get()
     initial_exposure = float(curve.exposure.get()) if curve.exposure is not None else math.nan
     _md = {
@@ -324,30 +313,17 @@ def _focus_plan(
         yield from bps.mv(led, illumination)
         verdict, extensions, restarts = yield from restartable_search()
         found = verdict.found
-        best = verdict.center if found else math.nan
         if found and move_to_best:
-            yield from curve.approach(best)
-        fit = verdict.fit
-        result = FocusResult(
-            best_z=best,
+            yield from curve.approach(verdict.center)
+        result = FocusResult.from_verdict(
+            verdict,
             method=method,
             metric=metric,
             metric_value=float(max(curve.values)) if curve.values else math.nan,
-            fit_center=fit.center,
-            fit_amplitude=fit.amplitude,
-            fit_sigma=fit.sigma,
-            fit_offset=fit.offset,
-            fit_r2=fit.r2,
             start_z=origin,
             exposures=curve.exposures + curve.exposure_frames + curve.discarded,
             elapsed_s=time.monotonic() - t0,
             extensions=extensions,
-            found=found,
-            peak_significance=verdict.significance,
-            peak_threshold=verdict.threshold,
-            peak_noise=verdict.noise,
-            peak_width_dof=verdict.width_dof,
-            peak_second_ratio=verdict.second_peak_ratio,
             exposure_s=float(curve.exposure.get()) if curve.exposure is not None else math.nan,
             exposure_checks=curve.exposure_frames,
             restarts=restarts,
@@ -357,7 +333,7 @@ def _focus_plan(
         outcome["result"] = result
         if not found:
             raise NoFocusFound(
-                _refusal(verdict, curve, origin, extensions), verdict=verdict, result=result
+                refusal_sentence(verdict, origin, extensions), verdict=verdict, result=result
             )
 
     def back_to_origin(exc):

@@ -22,11 +22,17 @@ from bluesky.protocols import Movable, Readable
 
 from devices.fly import ZFlyer
 
-from .brenner import _measure_key
+from .brenner import _measure_key, refusal_sentence
 from .exposure import auto_exposure
 from .peak import DEFAULT_FALSE_ALARM, assess_peak
 from .results import FocusResult, NoFocusFound, emit_focus_result, optics_metadata
-from .stubs import approach, depth_of_field_from_devices, stage_field, stage_limits
+from .stubs import (
+    approach,
+    depth_of_field_from_devices,
+    search_range,
+    stage_field,
+    stage_limits,
+)
 
 __all__ = ["fly_speed", "fly_sweep"]
 
@@ -109,19 +115,8 @@ def fly_sweep(
     key = _measure_key(camera, metric)
     flyer = ZFlyer(camera, stage, name=f"{camera.name}_fly")
     dof = depth_of_field_from_devices(camera, led)
-    origin = float(stage.position)
-    low, high = (origin + start, origin + stop) if relative else (float(start), float(stop))
+    origin, low, high = search_range(stage, start, stop, relative)
     stage_low, stage_high = stage_limits(stage)
-    if not low < high:
-        raise ValueError(
-            f"Search range {low:.2f} to {high:.2f} µm is reversed or empty (start >= stop); "
-            "give the lower end first, e.g. start=-20, stop=20."
-        )
-    if not stage_low <= low < high <= stage_high:
-        raise ValueError(
-            f"Search range {low:.2f} to {high:.2f} µm does not fit the stage's soft limits "
-            f"[{stage_low}, {stage_high}] µm; narrow or move the range."
-        )
     led_pattern = led.pattern.get()
     initial_exposure = float(camera.exposure_time.get())
     max_velocity = float(stage.velocity.get())
@@ -219,30 +214,17 @@ def fly_sweep(
                 extensions += 1
                 judged = verdict()
             found = judged.found
-            best = judged.center if found else math.nan
             if found and move_to_best:
-                yield from approach(stage, best, approach_um)
-            fit = judged.fit
-            result = FocusResult(
-                best_z=best,
+                yield from approach(stage, judged.center, approach_um)
+            result = FocusResult.from_verdict(
+                judged,
                 method="fly_sweep",
                 metric=metric,
                 metric_value=float(max(curve["value"])) if curve["value"] else math.nan,
-                fit_center=fit.center,
-                fit_amplitude=fit.amplitude,
-                fit_sigma=fit.sigma,
-                fit_offset=fit.offset,
-                fit_r2=fit.r2,
                 start_z=origin,
                 exposures=len(curve["z"]),
                 elapsed_s=time.monotonic() - t0,
                 extensions=extensions,
-                found=found,
-                peak_significance=judged.significance,
-                peak_threshold=judged.threshold,
-                peak_noise=judged.noise,
-                peak_width_dof=judged.width_dof,
-                peak_second_ratio=judged.second_peak_ratio,
                 exposure_s=exposure,
                 exposure_checks=check.frames if check else 0,
                 restarts=flyer.discarded_sweeps,
@@ -251,11 +233,8 @@ def fly_sweep(
             yield from emit_focus_result(result)
             outcome["result"] = result
             if not found:
-                reason = judged.reason
-                if judged.failed == "open" and extensions:
-                    reason += f" (after {extensions} extension(s), up to the soft limits)"
                 raise NoFocusFound(
-                    f"No focus peak: {reason}; the stage was returned to {origin:.2f} µm.",
+                    refusal_sentence(judged, origin, extensions),
                     verdict=judged,
                     result=result,
                 )

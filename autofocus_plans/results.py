@@ -75,6 +75,26 @@ class FocusResult:
     run_uid: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_verdict(cls, verdict, **fields: Any) -> FocusResult:
+        """The result of a search judged by ``verdict`` (a PeakVerdict): focus, fit, peak test."""
+        fit = verdict.fit
+        return cls(
+            best_z=verdict.center if verdict.found else math.nan,
+            fit_center=fit.center,
+            fit_amplitude=fit.amplitude,
+            fit_sigma=fit.sigma,
+            fit_offset=fit.offset,
+            fit_r2=fit.r2,
+            found=verdict.found,
+            peak_significance=verdict.significance,
+            peak_threshold=verdict.threshold,
+            peak_noise=verdict.noise,
+            peak_width_dof=verdict.width_dof,
+            peak_second_ratio=verdict.second_peak_ratio,
+            **fields,
+        )
+
     def numeric_fields(self) -> dict[str, float | int]:
         skip = {"method", "metric", "run_uid", "extra"}
         values = {k: v for k, v in asdict(self).items() if k not in skip}

@@ -10,7 +10,13 @@ from devices.optics import Objective, depth_of_field_um
 
 from .results import optics_metadata
 
-__all__ = ["approach", "depth_of_field_from_devices", "stage_field", "stage_limits"]
+__all__ = [
+    "approach",
+    "depth_of_field_from_devices",
+    "search_range",
+    "stage_field",
+    "stage_limits",
+]
 
 
 def stage_limits(stage) -> tuple[float, float]:
@@ -19,6 +25,24 @@ def stage_limits(stage) -> tuple[float, float]:
     if low == high == 0:  # EPICS convention: no soft limits set
         return -math.inf, math.inf
     return float(low), float(high)
+
+
+def search_range(stage, start: float, stop: float, relative: bool) -> tuple[float, float, float]:
+    """(origin, low, high) of a focus search; refuses a reversed range or one past the limits."""
+    origin = float(stage.position)
+    low, high = (origin + start, origin + stop) if relative else (float(start), float(stop))
+    stage_low, stage_high = stage_limits(stage)
+    if not low < high:
+        raise ValueError(
+            f"Search range {low:.2f} to {high:.2f} µm is reversed or empty (start >= stop); "
+            "give the lower end first, e.g. start=-20, stop=20."
+        )
+    if not stage_low <= low < high <= stage_high:
+        raise ValueError(
+            f"Search range {low:.2f} to {high:.2f} µm does not fit the stage's soft limits "
+            f"[{stage_low}, {stage_high}] µm; narrow or move the range."
+        )
+    return origin, low, high
 
 
 def stage_field(stage) -> str:

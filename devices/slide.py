@@ -15,7 +15,7 @@ import numpy as np
 from ophyd import Component as Cpt
 from ophyd import Device
 
-from .samples import SAMPLE_COMPONENTS, SAMPLE_FAMILIES, Sample, _render_procedural
+from .samples import ProceduralSample, Sample, _render_procedural
 from .stage import SimZStage
 
 __all__ = ["FocalSurface", "SimXYStage", "SlideSample"]
@@ -46,17 +46,10 @@ class SlideSample(Sample):
         component: str = "both",
         patch_um: float = 100.0,
     ) -> None:
-        if family not in SAMPLE_FAMILIES:
-            raise ValueError(
-                f"Unknown sample family {family!r}; choose one of: {', '.join(SAMPLE_FAMILIES)}."
-            )
-        if component not in SAMPLE_COMPONENTS:
-            raise ValueError(
-                f"Unknown sample component {component!r}; choose one of: "
-                f"{', '.join(SAMPLE_COMPONENTS)}."
-            )
-        if not (isinstance(contrast, int | float) and contrast > 0) or not patch_um > 0:
-            raise ValueError("Slide contrast and patch_um must be positive numbers.")
+        # every patch is a field of this procedural sample: it checks the family and the style
+        self._patch_style = ProceduralSample(family, seed, contrast=contrast, component=component)
+        if not patch_um > 0:
+            raise ValueError(f"Slide patch_um must be a positive number, got {patch_um!r}.")
         self.family, self.seed = family, int(seed)
         self.contrast, self.component = float(contrast), component
         self.patch_um = float(patch_um)
@@ -64,11 +57,8 @@ class SlideSample(Sample):
 
     def describe(self) -> dict:
         return {
+            **self._patch_style.describe(),
             "sample": self.label,
-            "sample_family": self.family,
-            "sample_seed": self.seed,
-            "sample_contrast": self.contrast,
-            "sample_component": self.component,
             "slide_patch_um": self.patch_um,
         }
 
