@@ -451,7 +451,7 @@ def run(quick: bool) -> str:
     from autofocus_plans.peak import _pattern, _threshold
 
     sweep_pattern = np.linspace(-RANGE_DOF, RANGE_DOF, SWEEP_POINTS)
-    visible_snr = 2 * _threshold(_pattern(sweep_pattern), 1e-3)[1]
+    visible_snr = 2 * _threshold(_pattern(sweep_pattern), 1e-3).known
 
     def category(objective: str, sample: str, light: str) -> str:
         cell = physics[(objective, sample)]
