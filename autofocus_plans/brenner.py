@@ -518,11 +518,27 @@ def _parabola_refine(curve: _FocusCurve, tolerance_um: float, budget: int, false
         if verdict.failed == "support":  # one high sample: look either side of it
             target = _beside_the_top(curve)
         elif verdict.significance >= 0.5 * verdict.threshold:  # a candidate in the noise
-            target = _vertex_estimate(curve)
+            # judged on the camera's noise, the threshold falls as the baseline grows (the
+            # pre-test can tell more surely that there is no other noise); else look again
+            # through its top
+            baseline = _baseline_gap(curve, verdict) if verdict.noise_source == "camera" else None
+            target = baseline if baseline is not None else _vertex_estimate(curve)
         else:  # nothing yet: a narrow peak may hide in a gap of the coarse scan
             gap = _widest_bright_gap(curve)
             target = gap if gap is not None else _vertex_estimate(curve)
         yield from curve.measure(float(np.clip(target, curve.low, curve.high)))
+
+
+def _baseline_gap(curve: _FocusCurve, verdict: PeakVerdict) -> float | None:
+    """Midpoint of the widest gap between samples well clear of the candidate peak, if any."""
+    z, _ = curve.sorted()
+    centre = _vertex_estimate(curve)
+    clear = 2 * max(verdict.width_um, curve.dof_um) if np.isfinite(verdict.width_um) else 0
+    mids, gaps = (z[1:] + z[:-1]) / 2, np.diff(z)
+    usable = (np.abs(mids - centre) > clear) & (gaps > 0.5 * curve.dof_um)
+    if not np.any(usable):
+        return None
+    return float(mids[usable][np.argmax(gaps[usable])])
 
 
 def _beside_the_top(curve: _FocusCurve) -> float:
