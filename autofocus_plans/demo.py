@@ -60,7 +60,8 @@ def run_demo(
     seed: int = 0,
     sample: str = "tissue",
 ) -> dict[str, _Row]:
-    """Sweep, fast and fly focus, training, CNN focus, drift tracking, a focus map and tile scan."""
+    """Sweep, fast and fly focus, training, CNN and dual-LED focus, drift tracking, a focus map
+    and tile scan."""
     from bluesky import RunEngine
     from rich.console import Console
     from rich.table import Table
@@ -70,6 +71,7 @@ def run_demo(
 
     from .brenner import brenner_sweep, fast_focus
     from .catalog import frames_dir_for, open_catalog, subscribe_catalog
+    from .dual_led import dual_led_focus
     from .fly import fly_sweep
     from .learned import cnn_focus, collect_training_set, track_focus
     from .mapping import focus_map, tile_scan
@@ -208,6 +210,16 @@ def run_demo(
         mic.z.set(mic.true_focus() + rng.uniform(-4, 4) * dof).wait()
         result = RE(cnn_focus(mic.camera, mic.z, mic.led, model, md={"sample": sample})).plan_result
         record("cnn_focus" + (" (fell back)" if result.fell_back else ""), result, mic.true_focus())
+
+    # the same fields with no model at all: two mirrored off-axis LEDs
+    step(f"dual-LED focus (no training) on the same {settings.cnn_trials} fields")
+    rng = np.random.default_rng(seed + 1)
+    for k in range(settings.cnn_trials):
+        mic.fov.set(1000 + k).wait()
+        mic.z.set(mic.true_focus() + rng.uniform(-4, 4) * dof).wait()
+        result = RE(dual_led_focus(mic.camera, mic.z, mic.led, md={"sample": sample})).plan_result
+        name = "dual_led_focus" + (" (fell back)" if result.fell_back else "")
+        record(name, result, mic.true_focus())
 
     # 5. drift tracking
     step(

@@ -234,6 +234,7 @@ def cnn_focus(
     *,
     max_shots: int = 2,
     tolerance_um: float = 1.0,
+    probe_um: float | None = None,
     fallback: str = "fast_focus",
     off_axis_pattern: str = "off_axis",
     off_axis_exposure_s: float = 0.25,
@@ -242,11 +243,17 @@ def cnn_focus(
 ):
     """Jump to focus from one off-axis exposure, using a trained defocus model.
 
-    Shot 1 predicts the signed defocus and the stage moves by its negative;
-    an optional shot 2 confirms: if it still sees more than
-    ``max(2 * tolerance_um, 1 DOF)`` of defocus the shots disagree. When a
-    prediction lies outside the model's trained range, or the shots
-    disagree, the plan falls back to ``fast_focus`` (a separate run).
+    Shot 1 predicts the signed defocus, so where focus is. The optional shot 2
+    checks the model where the first shot cannot fake it: it is taken
+    ``probe_um`` from that focus, on the other side from where shot 1 was, so
+    a model that reads the sample right must now see ``probe_um`` of defocus
+    of the opposite sign, which a model stuck on one answer whatever it sees
+    (as an unfamiliar sample can make it) misses by more than ``probe_um``. When
+    the two shots place focus within the model's agreement band of each
+    other (from its validation error: ``sqrt(2)`` times its 95th percentile,
+    else ``max(2 * tolerance_um, 1 DOF)``) the stage goes to the mean of the
+    two; otherwise, or when a prediction lies outside the model's trained
+    range, the plan falls back to ``fast_focus`` (a separate run).
 
     Parameters
     ----------
@@ -261,7 +268,10 @@ def cnn_focus(
     max_shots : int
         1 (predict and move) or 2 (also confirm, and correct a small residual).
     tolerance_um : float
-        Residual the confirming shot accepts without correction.
+        Agreement band when the model carries no validation figures (see above).
+    probe_um : float, optional
+        Distance of the confirming shot from the first shot's focus; None: twice
+        the agreement band, kept inside the trained range.
     fallback : str
         ``"fast_focus"``, ``"brenner_sweep"`` or ``"none"`` (raise instead).
     off_axis_pattern, off_axis_exposure_s : str, float
@@ -285,6 +295,10 @@ def cnn_focus(
     check_model_optics(model, camera, led, off_axis_pattern)
     dof = depth_of_field_from_devices(camera, led)
     low_range, high_range = model.trained_range_um
+    p95 = model.metadata.get("validation", {}).get("p95_um")
+    # two independent predictions' errors differ by sqrt(2) times one's spread
+    agreement = math.sqrt(2) * float(p95) if p95 else max(2 * tolerance_um, dof)
+    probe = probe_um if probe_um is not None else min(2 * agreement, 0.8 * high_range)
     origin = float(stage.position)
     apply, restore = _set_and_restore(camera, led, off_axis_pattern, off_axis_exposure_s)
     state: dict[str, Any] = {"fell_back": False, "reason": ""}
@@ -298,7 +312,13 @@ def cnn_focus(
         "optics": optics_metadata(camera, led),
         "detectors": [camera.name],
         "motors": [stage_field(stage)],
-        "plan_args": {"max_shots": max_shots, "tolerance_um": tolerance_um, "fallback": fallback},
+        "plan_args": {
+            "max_shots": max_shots,
+            "tolerance_um": tolerance_um,
+            "probe_um": probe,
+            "agreement_um": agreement,
+            "fallback": fallback,
+        },
     }
     _md.update(md or {})
 
@@ -309,30 +329,53 @@ def cnn_focus(
         yield from apply()
         exposures = 0
         predictions = []
-        reading = NumbersReading("prediction", {"predicted_defocus_um": 0.0, "shot": 0.0})
-        z = origin
+        reading = NumbersReading(
+            "prediction",
+            {"predicted_defocus_um": 0.0, "expected_um": 0.0, "agreement_um": 0.0, "shot": 0.0},
+        )
+        foci: list[float] = []  # where each shot places focus
         for shot in range(max_shots):
             yield from bps.checkpoint()  # each shot measures afresh: a pause here loses nothing
             yield from bps.trigger_and_read([camera, stage])
             exposures += 1
             dz = _predict(model, camera)
             predictions.append(dz)
+            # the probe goes against the first prediction: a model stuck on one answer then
+            # misses it by more than the probe, whatever that answer is
+            expected = 0.0 if shot == 0 else -math.copysign(probe, predictions[0])
             yield from bps.create("prediction")
-            yield from bps.read(reading.update({"predicted_defocus_um": dz, "shot": float(shot)}))
+            yield from bps.read(
+                reading.update(
+                    {
+                        "predicted_defocus_um": dz,
+                        "expected_um": expected,
+                        "agreement_um": agreement,
+                        "shot": float(shot),
+                    }
+                )
+            )
             yield from bps.save()
             if not low_range <= dz <= high_range:
                 state.update(fell_back=True, reason=f"prediction {dz:.2f} µm outside trained range")
                 break
-            if shot == 1 and abs(dz) > max(2 * tolerance_um, dof):
-                state.update(fell_back=True, reason=f"shots disagree (residual {dz:.2f} µm)")
+            foci.append(float(stage.position) - dz)
+            if shot == 1 and abs(foci[1] - foci[0]) > agreement:
+                state.update(
+                    fell_back=True,
+                    reason=(
+                        f"shots disagree: {expected:+.2f} µm from the first shot's focus the "
+                        f"model saw {dz:+.2f} µm of defocus (agreement band {agreement:.2f} µm)"
+                    ),
+                )
                 break
-            if shot == 0 or abs(dz) > tolerance_um:
-                z = z - dz
-                low, high = stage_limits(stage)
-                if not low <= z <= high:
-                    state.update(fell_back=True, reason=f"target {z:.2f} µm outside limits")
-                    break
-                yield from approach(stage, z, approach_um)
+            target = float(np.mean(foci))
+            if shot == 0 and max_shots > 1:
+                target -= math.copysign(probe, dz)
+            low, high = stage_limits(stage)
+            if not low <= target <= high:
+                state.update(fell_back=True, reason=f"target {target:.2f} µm outside limits")
+                break
+            yield from approach(stage, target, approach_um)
         result = FocusResult(
             best_z=float(stage.position),
             method="cnn_focus",

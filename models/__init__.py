@@ -1,4 +1,4 @@
-"""Focus measures (numpy) and learned defocus models (torch, imported lazily).
+"""Focus measures (numpy), the dual-LED defocus estimator and learned models (lazily).
 
 ``import models`` and ``import models.focus_measures`` never import torch; the
 learned-model names below load their torch-backed modules on first use.
@@ -20,6 +20,8 @@ _LAZY: dict[str, str] = {
     "FourierMLP": "learned",
     "ModelFileError": "learned",
     "load_model": "learned",
+    "DualLEDDefocus": "dual_led",
+    "ShiftEstimate": "dual_led",
     "DefocusExamples": "training",
     "OPTICS_KEYS": "training",
     "examples_from_runs": "training",

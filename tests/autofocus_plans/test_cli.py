@@ -56,6 +56,7 @@ def test_fast_demo_then_runs_show_replay(tmp_path):
     demo = _run("demo", "--fast", "--catalog", str(catalog), "--output", str(output), cwd=tmp_path)
     assert "Autofocus summary" in demo.stdout
     assert "fly_sweep" in demo.stdout and "tile_scan" in demo.stdout
+    assert "dual_led_focus" in demo.stdout
     for png in (
         "focus_curve.png",
         "defocus_series.png",

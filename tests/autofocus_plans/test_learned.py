@@ -160,6 +160,34 @@ def test_out_of_range_prediction_falls_back_to_fast_focus(trained, RE, tmp_path)
     assert result.exposures > 2
 
 
+@pytest.mark.parametrize("family", ["beads", "bars"])
+def test_on_samples_it_never_saw_the_model_ends_near_focus_or_falls_back(
+    trained, RE, tmp_path, family
+):
+    # trained on tissue only: on other samples its answers can be confidently wrong, and
+    # the confirming shot, a known distance from the first shot's focus, must catch it
+    model = models.load_model(trained["path"])
+    mic = SimMicroscope(family, seed=4, frames_dir=tmp_path, time_scale=0)
+    dof = mic.depth_of_field_um
+    rng = np.random.default_rng(11)
+    decisions = []
+    for k in range(5):
+        mic.fov.set(700 + k).wait()
+        mic.z.set(mic.true_focus() + rng.uniform(-4, 4) * dof).wait()
+        docs = []
+        result = RE(
+            cnn_focus(mic.camera, mic.z, mic.led, model), lambda n, d, docs=docs: docs.append(d)
+        ).plan_result
+        error = abs(result.best_z - mic.true_focus())
+        decisions.append((result.fell_back, round(error / dof, 2), result.extra.get("reason")))
+        assert result.fell_back or error <= dof, decisions
+        shots = [d["data"] for d in docs if "data" in d and "expected_um" in d["data"]]
+        assert shots[0]["expected_um"] == 0.0
+        if len(shots) > 1:  # the probe: on the other side of the first shot's focus
+            assert abs(shots[1]["expected_um"]) > shots[1]["agreement_um"] > 0
+            assert np.sign(shots[1]["expected_um"]) == -np.sign(shots[0]["predicted_defocus_um"])
+
+
 def test_model_for_other_optics_is_refused(trained, RE, tmp_path):
     mic = SimMicroscope(
         "tissue", objective=Objective(magnification=20, na=0.5), frames_dir=tmp_path, time_scale=0
