@@ -3,16 +3,29 @@
 The stage sweeps upwards at constant speed; every frame's Z is its readback
 interpolated to the middle of the frame's exposure (:class:`devices.ZFlyer`).
 The speed keeps the blur within one exposure to ``blur_dof`` depths of field
-and the spacing between frames to ``max_spacing_dof``. The curve is judged by
-the same peak test as the step searches
+and the spacing between frames to ``max_spacing_dof`` (rounded down so that
+frames fall a whole number of the peak test's pattern steps apart). The curve
+is judged by the same peak test as the step searches
 (:func:`~autofocus_plans.peak.assess_peak`), the range is extended by another
 sweep while the peak is open on one side, and the final approach is from below.
+
+The stage goes straight to the start of a run-up below the range (the run-up
+takes up backlash, as the overshoot of a step search's approach does) and
+sweeps a little past the range. Only frames exposed entirely at speed are
+judged (a frame partly still has less blur, so a different focus measure),
+and of those the evenly spaced block centred on the range: every sweep of the
+same range at the same speed is judged on the same sampling pattern, so the
+peak test's Monte-Carlo threshold for it is computed while the run opens and
+the stage moves, or found in the cache, instead of after the sweep. Every
+frame is still recorded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import bluesky.plan_stubs as bps
@@ -24,7 +37,7 @@ from devices.fly import ZFlyer
 
 from .brenner import _measure_key, refusal_sentence
 from .exposure import auto_exposure
-from .peak import DEFAULT_FALSE_ALARM, assess_peak
+from .peak import DEFAULT_FALSE_ALARM, assess_peak, pattern_resolution_dof, prepare_threshold
 from .results import FocusResult, NoFocusFound, emit_focus_result, optics_metadata
 from .stubs import (
     approach,
@@ -56,6 +69,87 @@ def fly_speed(
         blur_dof * dof_um / exposure_s,
         max_spacing_dof * dof_um / frame_period_s,
         max_velocity_um_per_s,
+    )
+
+
+#: A frame is at speed when the stage travelled this close to speed x exposure during it.
+_AT_SPEED_TOLERANCE = 0.02
+
+
+def _on_pattern_grid(speed: float, period_s: float, dof_um: float) -> float:
+    """``speed`` lowered so that frames fall a whole number of pattern steps apart.
+
+    The peak test's threshold is cached per sampling pattern, to
+    :func:`~autofocus_plans.peak.pattern_resolution_dof`; frames exactly a
+    multiple of it apart meet the same pattern on every sweep of the same
+    length, instead of one that rounds either way.
+    """
+    step = pattern_resolution_dof()
+    steps = math.floor(speed * period_s / dof_um / step + 1e-6)
+    return steps * step * dof_um / period_s if steps >= 1 else speed
+
+
+@dataclass(frozen=True)
+class _SweepGeometry:
+    """Where one sweep runs (µm), and which of its frames are judged.
+
+    The judged frames are the ``frames`` consecutive frames exposed entirely
+    at the sweep's speed whose middle is nearest the middle of the range
+    (``center``): at speed they are exactly ``spacing_um`` apart, so every
+    sweep over a range of the same length at the same speed is judged on the
+    same sampling pattern, whose threshold can be computed while the stage
+    moves. The sweep runs far enough past both ends that such frames exist
+    whatever the camera's phase.
+    """
+
+    start: float
+    stop: float
+    center: float
+    spacing_um: float
+    frames: int
+
+    def nominal_z(self) -> list[float]:
+        """The judged frames' Z relative to the first (µm)."""
+        return [k * self.spacing_um for k in range(self.frames)]
+
+    def judged(self, z: np.ndarray, travel: np.ndarray, full_travel: float) -> np.ndarray:
+        """Indices of the judged frames among frames at ``z`` that travelled ``travel`` µm."""
+        at_speed = np.abs(travel - full_travel) <= _AT_SPEED_TOLERANCE * full_travel
+        order = np.flatnonzero(at_speed)[np.argsort(z[at_speed], kind="stable")]
+        if len(order) <= self.frames:  # cut short by the stage's limits: all there is
+            return order
+        # at speed, frames are evenly spaced: the block whose middle is nearest the range's
+        middles = 0.5 * (z[order[: len(order) - self.frames + 1]] + z[order[self.frames - 1 :]])
+        first = int(np.argmin(np.abs(middles - self.center)))
+        return order[first : first + self.frames]
+
+
+def _sweep_geometry(
+    low: float,
+    high: float,
+    *,
+    speed: float,
+    exposure_s: float,
+    period_s: float,
+    run_up_um: float,
+    limits: tuple[float, float],
+) -> _SweepGeometry:
+    """The sweep that samples ``[low, high]`` (µm) at speed, as :class:`_SweepGeometry`."""
+    spacing = speed * period_s
+    # one frame more than the range needs: the judged frames reach within half a spacing
+    # of both ends (or beyond), as a step sweep's first and last points do
+    frames = math.ceil((high - low) / spacing - 1e-9) + 1
+    center, half = 0.5 * (low + high), 0.5 * frames * spacing
+    # the block of frames nearest the middle lies within [center - half, center + half]
+    # whatever the camera's phase; a frame's Z is half an exposure's travel into it. Below,
+    # a run-up takes up any backlash from the move down to the start before the first.
+    half_blur = 0.5 * speed * exposure_s
+    return _SweepGeometry(
+        start=max(center - half - half_blur - run_up_um, limits[0]),
+        stop=min(center + half + half_blur, limits[1]),
+        center=center,
+        spacing_um=spacing,
+        frames=frames,
     )
 
 
@@ -98,14 +192,16 @@ def fly_sweep(
     max_spacing_dof : float
         Largest Z step between frames, in depths of field.
     metric, illumination, move_to_best, max_extensions, check_exposure, false_alarm, approach_um :
-        As for :func:`~autofocus_plans.brenner_sweep`.
+        As for :func:`~autofocus_plans.brenner_sweep`; ``approach_um`` is also the
+        run-up below the range that every sweep starts with (its frames are not judged).
     md : dict, optional
         Metadata merged into the start document.
 
     Returns
     -------
     FocusResult
-        Best Z (µm), the peak test's figures, frames used, elapsed time.
+        Best Z (µm), the peak test's figures, frames exposed (``exposures``;
+        ``extra["judged_frames"]`` of them judged), elapsed time.
 
     Raises
     ------
@@ -131,14 +227,35 @@ def fly_sweep(
             check = yield from auto_exposure(camera, stream=None)
         exposure = float(camera.exposure_time.get())
         period = float(camera.frame_period_s())
-        speed = fly_speed(
-            dof,
-            exposure,
+        speed = _on_pattern_grid(
+            fly_speed(
+                dof,
+                exposure,
+                period,
+                blur_dof=blur_dof,
+                max_spacing_dof=max_spacing_dof,
+                max_velocity_um_per_s=max_velocity,
+            ),
             period,
-            blur_dof=blur_dof,
-            max_spacing_dof=max_spacing_dof,
-            max_velocity_um_per_s=max_velocity,
+            dof,
         )
+
+        def geometry_of(a: float, b: float) -> _SweepGeometry:
+            return _sweep_geometry(
+                a,
+                b,
+                speed=speed,
+                exposure_s=exposure,
+                period_s=period,
+                run_up_um=approach_um,
+                limits=(stage_low, stage_high),
+            )
+
+        first = geometry_of(low, high)
+        # the first sweep alone is judged on a pattern known now: its threshold is computed
+        # while the run opens and the stage moves (later sweeps add frames at their own phase)
+        warm = prepare_threshold(first.nominal_z(), depth_of_field_um=dof, false_alarm=false_alarm)
+
         _md = {
             "plan_name": "fly_sweep",
             "plan_args": {
@@ -159,6 +276,7 @@ def fly_sweep(
             "fly_blur_dof": speed * exposure / dof,
             "fly_spacing_dof": speed * period / dof,
             "fly_frame_period_s": period,
+            "fly_judged_frames": first.frames,
             "exposure_s": exposure,
             "exposure_checks": check.frames if check else 0,
             "optics": optics_metadata(camera, led),
@@ -169,16 +287,29 @@ def fly_sweep(
         }
         _md.update(md or {})
         curve: dict[str, list[float]] = {"z": [], "value": [], "noise": [], "saturated": []}
+        exposed = [0]  # frames streamed, judged or not
+        full_travel = speed * exposure
 
-        def sweep(a: float, b: float):
+        def sweep(geometry: _SweepGeometry, warm=None):
             yield from bps.checkpoint()
-            yield from approach(stage, a, approach_um)
-            flyer.prepare(b, speed)
+            # straight to the start of the run-up, which takes up any backlash on the way up
+            yield from bps.mv(stage, geometry.start)
+            flyer.prepare(geometry.stop, speed)
             yield from bps.kickoff(flyer, wait=True)
+            if warm is not None:  # waited for before the frames arrive, not after
+                yield from bps.wait_for([lambda: asyncio.wrap_future(warm)])
             yield from bps.complete(flyer, wait=True)
-            events = yield from bps.collect(flyer, name="primary", return_payload=True)
-            for event in events or []:
-                data = event["data"]
+            events = [
+                event["data"]
+                for event in (yield from bps.collect(flyer, name="primary", return_payload=True))
+                or []
+            ]
+            exposed[0] += len(events)
+            z = np.array([data[flyer.z_key] for data in events])
+            travel = np.array([data.get(f"{flyer.z_key}_travel", full_travel) for data in events])
+            # frames in the run-up, the run-out or partly still have another blur: not judged
+            for i in geometry.judged(z, travel, full_travel):
+                data = events[i]
                 curve["z"].append(data[flyer.z_key])
                 curve["value"].append(data[key])
                 curve["noise"].append(data.get(f"{key}_noise", math.nan))
@@ -198,7 +329,7 @@ def fly_sweep(
 
         def searched():
             yield from bps.declare_stream(flyer, name="primary", collect=True)
-            yield from sweep(low, high)
+            yield from sweep(first, warm)
             judged, extensions = verdict(), 0
             span = high - low
             while judged.failed == "open" and extensions < max_extensions:
@@ -210,7 +341,7 @@ def fly_sweep(
                     a, b = max(z_sorted[0] - span / 2, stage_low), z_sorted[0]
                 if not b - a > 0.5 * dof:
                     break
-                yield from sweep(a, b)
+                yield from sweep(geometry_of(a, b))
                 extensions += 1
                 judged = verdict()
             found = judged.found
@@ -222,13 +353,17 @@ def fly_sweep(
                 metric=metric,
                 metric_value=float(max(curve["value"])) if curve["value"] else math.nan,
                 start_z=origin,
-                exposures=len(curve["z"]),
+                exposures=exposed[0],
                 elapsed_s=time.monotonic() - t0,
                 extensions=extensions,
                 exposure_s=exposure,
                 exposure_checks=check.frames if check else 0,
                 restarts=flyer.discarded_sweeps,
-                extra={"verdict": judged.failed or "found", "fly_speed_um_per_s": speed},
+                extra={
+                    "verdict": judged.failed or "found",
+                    "fly_speed_um_per_s": speed,
+                    "judged_frames": len(curve["z"]),
+                },
             )
             yield from emit_focus_result(result)
             outcome["result"] = result

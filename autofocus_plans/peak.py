@@ -44,8 +44,10 @@ The figures behind the decision travel in the :class:`PeakVerdict`; its
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -61,7 +63,11 @@ __all__ = [
     "assess_peak",
     "fit_peak",
     "log_parabola_vertex",
+    "pattern_resolution_dof",
+    "prepare_threshold",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Gaussian sigma of a focus peak, in depths of field, that the optics allow. The
 #: narrowest Brenner peaks measured on the simulator (10x/0.25, sparse beads and
@@ -390,10 +396,65 @@ def _threshold(pattern: tuple[float, ...], false_alarm: float) -> _Thresholds:
     return _Thresholds(estimated, known, with_camera, level)
 
 
+#: Sampling patterns are told apart to 1/_PATTERN_STEPS_PER_DOF of a depth of field.
+_PATTERN_STEPS_PER_DOF = 20
+
+
 def _pattern(z_dof: np.ndarray) -> tuple[float, ...]:
     # positions relative to the first, to a twentieth of a DOF: the threshold depends on the
     # pattern only, and changes little within that
-    return tuple(np.round(20 * (z_dof - z_dof[0])) / 20)
+    steps = _PATTERN_STEPS_PER_DOF
+    return tuple(np.round(steps * (z_dof - z_dof[0])) / steps)
+
+
+def pattern_resolution_dof() -> float:
+    """Z positions (in depths of field) closer than this share a significance threshold.
+
+    The thresholds are cached per sampling pattern, the positions relative to
+    the first rounded to this; a sweep whose samples are a multiple of it
+    apart always meets the same pattern.
+    """
+    return 1.0 / _PATTERN_STEPS_PER_DOF
+
+
+# one worker: thresholds are CPU-bound, and two for one pattern would be computed twice
+_warmer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="peak-threshold")
+
+
+def _warm(pattern: tuple[float, ...], false_alarm: float) -> None:
+    try:
+        _threshold(pattern, false_alarm)
+    except Exception:  # the verdict computes it again, and raises there
+        logger.exception("Computing the peak threshold ahead of the verdict failed")
+
+
+def prepare_threshold(
+    z, *, depth_of_field_um: float, false_alarm: float = DEFAULT_FALSE_ALARM
+) -> Future | None:
+    """Start computing the significance threshold for samples at ``z`` (µm), in a worker thread.
+
+    A sweep whose sampling is known before its frames arrive (a fly sweep) can
+    have the Monte-Carlo threshold (:func:`assess_peak`, step 3) ready by the
+    time it is judged, instead of computing it afterwards. The threshold is the
+    one :func:`assess_peak` looks up for any curve with the same pattern (Z
+    relative to the first sample, to :func:`pattern_resolution_dof`); a curve
+    sampled elsewhere gets its own, as always.
+
+    Wait for the returned future before calling :func:`assess_peak` on such a
+    curve (otherwise the threshold may be computed twice, concurrently).
+
+    Returns
+    -------
+    concurrent.futures.Future or None
+        Done when the threshold is cached (it never raises); None when ``z``
+        could not show a peak anyway (fewer than 5 samples, or less than one
+        depth of field), so there is nothing to compute.
+    """
+    z_dof = np.sort(np.asarray(z, dtype=float)) / float(depth_of_field_um)
+    if len(z_dof) < 5 or not np.ptp(z_dof) >= 1.0:
+        return None
+    # a pattern already cached comes straight back from the worker
+    return _warmer.submit(_warm, _pattern(z_dof), float(false_alarm))
 
 
 def _significance(z_dof: np.ndarray, values: np.ndarray, camera_sigma: float, false_alarm: float):

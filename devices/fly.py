@@ -30,7 +30,9 @@ class ZFlyer:
     stage's velocity is restored after the sweep.
 
     Collected fields, one event per frame: the stage position ``<z field>``
-    (µm, readback interpolated to mid-exposure), the camera's focus measures,
+    (µm, readback interpolated to mid-exposure), ``<z field>_travel`` (µm the
+    readback moved during the exposure: the frame's blur, and whether the
+    stage was at full speed throughout), the camera's focus measures,
     ``mean``, ``max``, ``saturated_fraction`` and ``brenner_noise``, and
     ``<camera>_exposure_start`` / ``<camera>_exposure_s``; the image is
     external (the camera's HDF5 file).
@@ -184,6 +186,12 @@ class ZFlyer:
                 "shape": [],
                 "units": "um",
             },
+            f"{self.z_key}_travel": {
+                "source": f"{self.stage.name}:readback over the exposure",
+                "dtype": "number",
+                "shape": [],
+                "units": "um",
+            },
             f"{cam}_exposure_start": {
                 "source": f"{cam}:clock",
                 "dtype": "number",
@@ -212,11 +220,14 @@ class ZFlyer:
         frames = self._frames
         if not frames:
             return
-        mid = np.array([0.5 * (f["exposure_start"] + f["exposure_end"]) for f in frames])
+        starts = np.array([f["exposure_start"] for f in frames])
+        ends = np.array([f["exposure_end"] for f in frames])
+        mid = 0.5 * (starts + ends)
         zs = self.z_at(mid)
+        travels = self.z_at(ends) - self.z_at(starts)
         measures = [*getattr(self.camera, "measures", ("brenner",)), *_FRAME_KEYS]
-        for frame, t, z in zip(frames, mid, zs, strict=True):
-            data = {self.z_key: float(z)}
+        for frame, t, z, travel in zip(frames, mid, zs, travels, strict=True):
+            data = {self.z_key: float(z), f"{self.z_key}_travel": float(travel)}
             data[f"{cam}_exposure_start"] = frame["exposure_start"]
             data[f"{cam}_exposure_s"] = frame["exposure_end"] - frame["exposure_start"]
             for measure in measures:

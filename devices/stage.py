@@ -174,6 +174,11 @@ class SimZStage(SynAxis):
             duration = abs(target - start) / speed if math.isfinite(speed) else 0.0
             period = 1.0 / self.readback_rate_hz
             position = start
+            if duration > 0:
+                # readings at the corners of the path (the start, and the arrival below),
+                # stamped when they were true: interpolating between readings is then exact
+                # even when this thread wakes late (a loaded machine)
+                self._update_readback(start, t0)
             while True:
                 now = time.time()
                 fraction = 1.0 if duration == 0 else min(1.0, (now - t0) / duration)
@@ -181,7 +186,7 @@ class SimZStage(SynAxis):
                 if self._stop_requested.is_set():
                     self._record(now, position)
                     break
-                self._update_readback(position, now)
+                self._update_readback(position, t0 + duration if fraction >= 1.0 else now)
                 if fraction >= 1.0:
                     self._record(t0 + duration, target)
                     break

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from autofocus_plans.peak import assess_peak
+from autofocus_plans import peak
+from autofocus_plans.peak import assess_peak, prepare_threshold
 
 DOF = 4.0
 Z = np.linspace(-22.0, 22.0, 23)  # a sweep of ±5.5 DOF, half a DOF apart
@@ -108,3 +109,22 @@ def test_bad_arguments_are_clear():
     assert verdict.failed == "points" and "at least 5 needed" in verdict.reason
     tiny = assess_peak(np.linspace(0, 0.02, 6), np.arange(6.0), depth_of_field_um=DOF)
     assert tiny.failed == "points" and "widen the range" in tiny.reason
+
+
+def test_a_threshold_prepared_ahead_is_the_one_the_verdict_uses():
+    # a fly sweep knows its sampling before its frames arrive: 17 samples 0.65 DOF apart
+    # (a spacing no other test uses), anywhere on the stage
+    nominal = np.arange(17) * 0.65 * DOF
+    future = prepare_threshold(nominal, depth_of_field_um=DOF)
+    assert future is not None
+    future.result(timeout=120)
+    computed = peak._threshold.cache_info().misses
+    z = 123.4 + nominal[::-1]  # the same pattern elsewhere, in any order
+    rng = np.random.default_rng(3)
+    values = 1000 + 40 * _peak(z, z.mean(), 1.5 * DOF) + rng.standard_normal(z.size)
+    verdict = assess_peak(z, values, depth_of_field_um=DOF, camera_noise=np.ones(z.size))
+    assert verdict.found
+    assert peak._threshold.cache_info().misses == computed  # looked up, not computed again
+    # nothing to prepare where no peak could be shown
+    assert prepare_threshold(np.arange(4.0) * DOF, depth_of_field_um=DOF) is None
+    assert prepare_threshold(np.linspace(0, 0.5 * DOF, 9), depth_of_field_um=DOF) is None

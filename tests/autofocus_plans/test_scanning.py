@@ -14,9 +14,11 @@ from autofocus_plans import (
     fly_sweep,
     focus_map,
     load_table,
+    peak,
     subscribe_catalog,
     tile_scan,
 )
+from autofocus_plans.fly import _sweep_geometry
 from devices import CameraSensor, FocalSurface, ImageSample, SimMicroscope, SlideSample
 
 
@@ -55,6 +57,57 @@ def test_fly_sweep_finds_focus_and_each_frame_gets_the_stage_position_mid_exposu
     assert np.abs(table["z"] - truth).max() < 0.01 * dof  # from the readback, not a setpoint
     assert np.all(np.diff(table["z"]) >= 0)  # one upward sweep (still at the end, settling)
     assert run["primary"]["camera_image"].shape[0] == len(truth)
+    # every frame says how far the stage moved during it; the judged ones moved at full speed
+    full = run.start["fly_speed_um_per_s"] * run.start["exposure_s"]
+    assert np.all(table["z_travel"] <= full * 1.001)
+    assert (
+        np.count_nonzero(np.abs(table["z_travel"] - full) <= 0.02 * full)
+        >= (result.extra["judged_frames"])
+    )
+    assert result.extra["judged_frames"] == run.start["fly_judged_frames"]
+
+
+@pytest.mark.parametrize("phase", [0.0, 0.13, 0.5, 0.77, 0.999])
+def test_a_sweep_is_judged_on_the_same_evenly_spaced_frames_whatever_the_cameras_phase(phase):
+    speed, exposure, period, run_up = 206.0, 0.010, 0.015, 5.0
+    low, high = -22.7, 22.7
+    geometry = _sweep_geometry(
+        low,
+        high,
+        speed=speed,
+        exposure_s=exposure,
+        period_s=period,
+        run_up_um=run_up,
+        limits=(-1000.0, 1000.0),
+    )
+    # the camera streams from before the stage starts (t = 0) until after it stops
+    duration = (geometry.stop - geometry.start) / speed
+    starts = np.arange(-2, duration / period + 3) * period - phase * period
+
+    def z(t):
+        return geometry.start + speed * np.clip(t, 0.0, duration)
+
+    mid, travel = z(starts + exposure / 2), z(starts + exposure) - z(starts)
+    judged = geometry.judged(mid, travel, speed * exposure)
+    spacing = speed * period
+    assert len(judged) == geometry.frames
+    assert np.allclose(np.sort(mid[judged]) - mid[judged].min(), geometry.nominal_z())
+    assert np.allclose(travel[judged], speed * exposure)  # none partly still
+    # the range is covered as a step sweep covers it, the backlash run-up is not judged
+    assert mid[judged].min() <= low + spacing / 2 and mid[judged].max() >= high - spacing / 2
+    assert (mid[judged] - speed * exposure / 2).min() >= geometry.start + run_up - 1e-9
+
+
+def test_a_second_fly_sweep_over_the_same_range_computes_no_new_threshold(RE, tmp_path):
+    mic = _fly_scope(tmp_path, focus_um=6.0, z_start_um=0.0)
+    dof = mic.depth_of_field_um
+    first = RE(fly_sweep(mic.camera, mic.z, mic.led, -5 * dof, 5 * dof)).plan_result
+    computed = peak._threshold.cache_info().misses
+    mic.z.set(mic.true_focus() - 1.7 * dof).wait(timeout=60)  # elsewhere, another phase
+    second = RE(fly_sweep(mic.camera, mic.z, mic.led, -5 * dof, 5 * dof)).plan_result
+    assert first.found and second.found
+    assert abs(second.best_z - mic.true_focus()) <= 0.15 * dof
+    assert peak._threshold.cache_info().misses == computed
 
 
 def test_fly_sweep_refuses_a_blank_field_and_returns_the_stage(RE, tmp_path):

@@ -68,6 +68,13 @@ def test_a_moving_stage_reports_timestamped_readbacks_along_its_path():
         assert z == pytest.approx(mic.z.motor_position_at(t), abs=1e-4)
     middle = [z for _, z in seen if 1.0 < z < 19.0]
     assert middle, "no readback between start and end"
+    # readings at the path's corners (set off, arrived), so that interpolating between
+    # readings gives the path exactly, however late the readback thread woke
+    times = np.array([t for t, _ in seen])
+    values = np.array([z for _, z in seen])
+    dense = np.linspace(times[0] - 0.05, times[-1] + 0.05, 500)
+    truth = np.array([mic.z.motor_position_at(t) for t in dense])
+    assert np.abs(np.interp(dense, times, values) - truth).max() < 1e-4
 
 
 def test_a_frame_exposed_while_moving_is_blurred_over_the_travel(tmp_path):
