@@ -359,6 +359,17 @@ def cnn_focus(
                 state.update(fell_back=True, reason=f"prediction {dz:.2f} µm outside trained range")
                 break
             foci.append(float(stage.position) - dz)
+            if shot == 0 and max_shots > 1 and probe <= agreement:
+                # a probe inside the band cannot tell a model stuck on one answer from a good one
+                state.update(
+                    fell_back=True,
+                    reason=(
+                        f"the model cannot be checked: its agreement band ({agreement:.2f} µm, "
+                        f"from its validation error) is as wide as the probe its trained range "
+                        f"allows ({probe:.2f} µm)"
+                    ),
+                )
+                break
             if shot == 1 and abs(foci[1] - foci[0]) > agreement:
                 state.update(
                     fell_back=True,

@@ -447,11 +447,13 @@ def run(quick: bool) -> str:
         controls = [r for batch in pool.map(run_control, control_specs) for r in batch]
     elapsed = time.perf_counter() - t0
 
-    # the peak a camera can see: twice the height a 23-point sweep needs over known noise
+    # the peak a camera can see: twice the height a 23-point sweep needs over the camera's
+    # noise (on its camera path, or, where that path is never taken, on its own scatter)
     from autofocus_plans.peak import _pattern, _threshold
 
     sweep_pattern = np.linspace(-RANGE_DOF, RANGE_DOF, SWEEP_POINTS)
-    visible_snr = 2 * _threshold(_pattern(sweep_pattern), 1e-3).known
+    thresholds = _threshold(_pattern(sweep_pattern), 1e-3)
+    visible_snr = 2 * min(thresholds.known, thresholds.estimated_with_camera)
 
     def category(objective: str, sample: str, light: str) -> str:
         cell = physics[(objective, sample)]
