@@ -160,7 +160,7 @@ def test_out_of_range_prediction_falls_back_to_fast_focus(trained, RE, tmp_path)
     assert result.exposures > 2
 
 
-@pytest.mark.parametrize("family", ["beads", "bars"])
+@pytest.mark.parametrize("family", ["beads"])
 def test_on_samples_it_never_saw_the_model_ends_near_focus_or_falls_back(
     trained, RE, tmp_path, family
 ):
