@@ -107,9 +107,16 @@ class _FocusCurve:
             self.exposure_key, {self.exposure_key: 0.0}, {self.exposure_key: "s"}
         )
         self.settled_exposure = float(self.exposure.get()) if self.exposure is not None else None
+        # every verdict on new samples is one more chance for noise to pass (see assess_peak):
+        # a search says how many it may take, and each is tested at its share
+        self.measured = 0
+        self.looks_planned = 1
         self.reset()
 
     def reset(self) -> None:
+        # a restart after a pause is a new search: its looks are counted afresh
+        self.looks = 0
+        self._looked_at = -1
         self.discarded += len(getattr(self, "z", []))
         self.z: list[float] = []
         self.values: list[float] = []
@@ -161,6 +168,7 @@ class _FocusCurve:
             devices[-1] = self.exposure_reading.update({self.exposure_key: new})
             reading = yield from bps.trigger_and_read(devices)
         value = float(reading[self.key]["value"]) if reading else math.nan
+        self.measured += 1
         self.z.append(z)
         self.values.append(value)
         if self.noise_key and reading:
@@ -190,6 +198,10 @@ class _FocusCurve:
             yield from self.measure(z)
 
     def verdict(self, false_alarm: float) -> PeakVerdict:
+        """The peak test on the samples so far, as the next look if there are new ones."""
+        if self.measured != self._looked_at:
+            self.looks += 1
+            self._looked_at = self.measured
         return assess_peak(
             self.z,
             self.values,
@@ -197,6 +209,8 @@ class _FocusCurve:
             camera_noise=self.noise if len(self.noise) == len(self.z) else None,
             saturated_fraction=self.saturated if len(self.saturated) == len(self.z) else None,
             false_alarm=false_alarm,
+            look=max(self.looks, 1),
+            looks=self.looks_planned,
             metric=self.metric,
         )
 
@@ -421,6 +435,7 @@ def brenner_sweep(
         raise ValueError(f"A Brenner sweep needs at least 5 points, got num={num}.")
 
     def search(curve, low, high):
+        curve.looks_planned = 1 + max_extensions  # one after the sweep and each extension
         yield from curve.scan(np.linspace(low, high, num))
         step = (high - low) / (num - 1)
         return (yield from _judge(curve, step, max(2, num // 2), max_extensions, false_alarm))
@@ -518,10 +533,10 @@ def _parabola_refine(curve: _FocusCurve, tolerance_um: float, budget: int, false
         if verdict.failed == "support":  # one high sample: look either side of it
             target = _beside_the_top(curve)
         elif verdict.significance >= 0.5 * verdict.threshold:  # a candidate in the noise
-            # judged on the camera's noise, the threshold falls as the baseline grows (the
-            # pre-test can tell more surely that there is no other noise); else look again
-            # through its top
-            baseline = _baseline_gap(curve, verdict) if verdict.noise_source == "camera" else None
+            # the threshold falls as the baseline grows: on the camera's noise the pre-test
+            # can tell more surely that there is no other noise, on the curve's own scatter
+            # that scatter is known better; once the baseline is full, look through the top
+            baseline = _baseline_gap(curve, verdict)
             target = baseline if baseline is not None else _vertex_estimate(curve)
         else:  # nothing yet: a narrow peak may hide in a gap of the coarse scan
             gap = _widest_bright_gap(curve)
@@ -637,6 +652,9 @@ def fast_focus(
         tolerance = tolerance_um or 0.1 * curve.dof_um
         span_dof = (high - low) / curve.dof_um
         points = coarse_points or int(np.clip(np.ceil(span_dof / 1.85), 4, 30)) + 1
+        # one look after the coarse scan and each extension, and one after the refining pair
+        # and each exposure that follows it
+        curve.looks_planned = 1 + max_extensions + max(max_exposures - points - 1, 0)
         yield from curve.scan(np.linspace(low, high, points))
         step = (high - low) / (points - 1)
         _, extensions = yield from _judge(curve, step, 2, max_extensions, false_alarm)

@@ -254,7 +254,12 @@ def fly_sweep(
         first = geometry_of(low, high)
         # the first sweep alone is judged on a pattern known now: its threshold is computed
         # while the run opens and the stage moves (later sweeps add frames at their own phase)
-        warm = prepare_threshold(first.nominal_z(), depth_of_field_um=dof, false_alarm=false_alarm)
+        warm = prepare_threshold(
+            first.nominal_z(),
+            depth_of_field_um=dof,
+            false_alarm=false_alarm,
+            looks=1 + max_extensions,
+        )
 
         _md = {
             "plan_name": "fly_sweep",
@@ -315,8 +320,11 @@ def fly_sweep(
                 curve["noise"].append(data.get(f"{key}_noise", math.nan))
                 curve["saturated"].append(data.get(f"{camera.name}_saturated_fraction", 0.0))
 
+        looks = [0]  # each sweep's verdict is another look at the growing curve
+
         def verdict():
             noise = np.asarray(curve["noise"])
+            looks[0] += 1
             return assess_peak(
                 curve["z"],
                 curve["value"],
@@ -324,6 +332,8 @@ def fly_sweep(
                 camera_noise=None if np.isnan(noise).any() else noise,
                 saturated_fraction=curve["saturated"],
                 false_alarm=false_alarm,
+                look=looks[0],
+                looks=1 + max_extensions,
                 metric=metric,
             )
 

@@ -23,7 +23,13 @@ by more than its noise could explain. :func:`assess_peak` decides that:
    samples, and for noise the camera does not know about (vibration, LED
    flicker, a recorded stack's structure): whatever that extra noise, a
    curve without a peak passes with probability at most ``false_alarm``.
-   It is computed once per sampling pattern and cached.
+   It is computed once per sampling pattern and cached. Levels deeper
+   than the simulated curves resolve come from a tail fitted to the
+   largest of them (peaks over threshold).
+   A search that judges a growing curve again and again (after each new
+   exposure) gets another chance at a false alarm with every look, so it
+   spends ``false_alarm`` over the looks it plans (:func:`look_false_alarm`):
+   over all of them the chances add up to ``false_alarm`` at most.
 4. **Support.** Without its highest sample, the other samples must still
    show the same peak (its amplitude, refitted with centre and width
    fixed, significant by a t-test): a single exposure (a vibration, a noise
@@ -52,7 +58,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 from scipy.optimize import OptimizeWarning, brentq, curve_fit
 
 __all__ = [
@@ -63,6 +69,7 @@ __all__ = [
     "assess_peak",
     "fit_peak",
     "log_parabola_vertex",
+    "look_false_alarm",
     "pattern_resolution_dof",
     "prepare_threshold",
 ]
@@ -79,6 +86,8 @@ DEFAULT_FALSE_ALARM = 1e-3
 _NULL_CURVES = 8192
 _FITTED_PARAMETERS = 4  # offset, height, centre, width
 _MIN_BASELINE = 4  # baseline samples needed to measure the scatter there
+#: A sample is on a peak's baseline where the peak has fallen below this fraction of its top.
+_BASELINE_LEVEL = 0.25
 _TAIL_SHAPES = (1, 3)  # Pearson VII exponents besides the Gaussian (1 = Lorentzian)
 
 
@@ -130,6 +139,8 @@ class PeakVerdict:
     second_peak_ratio: float
     points: int
     false_alarm: float
+    look: int = 1
+    looks: int = 1
     failed: str = ""
     reason: str = ""
     extra: dict = field(default_factory=dict)
@@ -149,6 +160,8 @@ class PeakVerdict:
             "peak_width_dof": self.width_dof,
             "peak_saturated_fraction": self.saturated_fraction,
             "peak_second_ratio": self.second_peak_ratio,
+            "peak_look": self.look,
+            "peak_look_false_alarm": look_false_alarm(self.false_alarm, self.look, self.looks),
         }
 
 
@@ -274,10 +287,11 @@ def _best_peak(bank: _Bank, values: np.ndarray):
     """Least-squares best template for each row of ``values`` (K, n).
 
     Returns (index, amplitude, noise, height/noise, height, degrees of freedom
-    of the noise) per row. The noise is the
-    scatter of the residuals on the baseline, outside the peak's upper half:
-    near its top a real peak's shape never quite matches any template, and
-    that mismatch grows with the peak instead of telling its noise.
+    of the noise) per row. The noise is the scatter of the residuals on the
+    baseline, where the template has fallen below :data:`_BASELINE_LEVEL` of
+    its top: over its top and flanks a real peak's shape never quite matches
+    any template (a narrow core on broad wings, ripples of defocus), and that
+    mismatch grows with the peak instead of telling its noise.
     """
     centered = values - values.mean(axis=1, keepdims=True)
     projections = (centered.astype(np.float32) @ bank.centered.T).astype(np.float64)  # (K, T)
@@ -287,7 +301,7 @@ def _best_peak(bank: _Bank, values: np.ndarray):
     rows = np.arange(len(values))
     a = np.maximum(amplitude[rows, best], 0.0)
     residual = centered - a[:, None] * bank.centered[best]
-    baseline = bank.raw[best] < 0.5
+    baseline = bank.raw[best] < _BASELINE_LEVEL
     count = baseline.sum(axis=1)
     enough = count >= _MIN_BASELINE
     squares = residual * residual
@@ -324,9 +338,80 @@ _CONSISTENCY_LEVELS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 _POWER = 0.9
 #: Extra noise tried, as a multiple of the camera's (the test must hold whatever it is).
 _EXTRA_NOISE_SCALES = np.sqrt(np.geomspace(1.0, 25.0, 48))
+#: Below this many simulated curves over a threshold, the threshold comes from a fitted tail.
+_EMPIRICAL_EXCEEDANCES = 8
+#: Largest values an exponential tail is fitted to.
+_TAIL_POINTS = 32
 
 
-def _known_threshold(height, rms, dof, estimated_rejects, level, false_alarm):
+def _weighted_exceeded(descending: np.ndarray, weights: np.ndarray, allowed: float) -> float:
+    """The value above which the ``weights`` of these values add up to ``allowed`` at most.
+
+    Read off the values where at least :data:`_EMPIRICAL_EXCEEDANCES` of them
+    lie above it; deeper, an exponential tail through the largest values.
+    Heights of peaks fitted to white noise (maxima of Gaussians) fall off
+    faster than exponentially, so the exponential errs towards a higher value.
+    """
+    total = np.cumsum(weights)
+    if allowed >= total[-1]:
+        return 0.0
+    j = int(np.searchsorted(total, allowed, side="right"))
+    if j >= _EMPIRICAL_EXCEEDANCES:
+        return float(descending[j])
+    m = min(_TAIL_POINTS, len(descending) - 1)
+    if m < 1 or allowed <= 0 or total[m - 1] <= 0:
+        return math.inf
+    u = float(descending[m])
+    scale = float(np.average(descending[:m] - u, weights=weights[:m] + 1e-300))
+    return u + scale * math.log(total[m - 1] / allowed)
+
+
+def _scatter_quantile(score: np.ndarray, height: np.ndarray, dof: np.ndarray, p: float) -> float:
+    """The height over the curve's own scatter that peak-free curves exceed with probability ``p``.
+
+    Counted from the simulated curves where at least :data:`_EMPIRICAL_EXCEEDANCES`
+    exceed it. Deeper, by conditional Monte Carlo: the scatter of a white-noise
+    baseline is a chi-square variate with ``dof`` degrees of freedom, so each
+    simulated peak height contributes its probability of meeting a scatter
+    small enough, ``P(chi2_dof / dof < (height / t)^2)``. That resolves levels
+    of 1e-5 from a few thousand curves (checked against a million: within
+    about 5 %, and above where it differs most), where counting would need
+    hundreds of thousands.
+    """
+    if p * len(score) >= _EMPIRICAL_EXCEEDANCES:
+        return float(np.quantile(score, 1 - p))
+
+    def excess(log_t: float) -> float:
+        return float(np.mean(special.chdtr(dof, dof * (height / math.exp(log_t)) ** 2))) - p
+
+    top = float(np.max(score))
+    hi = math.log(max(top, 1.0)) + 1.0
+    while excess(hi) > 0:
+        hi += 1.0
+    return math.exp(brentq(excess, math.log(1e-3), hi))
+
+
+def look_false_alarm(false_alarm: float, look: int = 1, looks: int = 1) -> float:
+    """The level the ``look``-th of at most ``looks`` looks at a growing curve is tested at.
+
+    A single look gets all of ``false_alarm``. Otherwise the first look, where
+    a clear peak is accepted, gets half, and the others share the rest: each
+    of looks 2 to ``looks`` ``false_alarm / (2 looks)``, and any look beyond
+    (a search that looked more often than it planned) half the one before. The
+    levels add up to ``false_alarm`` at most.
+    """
+    if look < 1 or looks < 1:
+        raise ValueError(f"look and looks count from 1, got look={look!r}, looks={looks!r}.")
+    if looks == 1:
+        if look > 1:
+            raise ValueError(f"look {look} of a curve judged once: pass looks={look} or more.")
+        return false_alarm
+    if look == 1:
+        return false_alarm / 2
+    return false_alarm / (2 * looks) * 0.5 ** max(look - looks, 0)
+
+
+def _known_threshold(height, dof, level, false_alarm, with_camera):
     """Smallest camera-noise threshold whose false-alarm rate, pre-test included, is at most
     ``false_alarm`` whatever noise the curve has on top of the camera's.
 
@@ -334,19 +419,37 @@ def _known_threshold(height, rms, dof, estimated_rejects, level, false_alarm):
     the chi-square pre-test at ``level``; a curve with noise the camera does not know
     about (vibration, flicker, a recorded stack's own structure) passes it less often
     but, when it does, its peak looks taller in camera units. The worst case over
-    that extra noise sets the threshold.
+    that extra noise sets the threshold; at each, the false alarms of the curves the
+    pre-test sends to their own scatter (judged against ``with_camera``) use up part
+    of the budget. Each simulated peak counts with its probability of taking either
+    path (its baseline scatter a chi-square variate), which resolves deep levels from
+    a few thousand curves.
     """
-    n = len(height)
-    limit = stats.chi2.ppf(1 - level, dof) / dof
+    order = np.argsort(height)[::-1]
+    top = height[order]
+    # few distinct degrees of freedom: work out each one's probabilities once
+    dofs, which = np.unique(dof[order], return_inverse=True)
+    pass_limit = np.sqrt(stats.chi2.ppf(1 - level, dofs) / dofs)  # largest scatter passed
+    floor = np.maximum(pass_limit, 1.0)  # the camera's noise floors the scatter
+    budget = false_alarm * len(height)
     needed = 0.0
     for s in _EXTRA_NOISE_SCALES:
-        passed = (s * rms) ** 2 <= limit
-        # the other path's false alarms at this noise use up part of the budget
-        spare = false_alarm * n - np.count_nonzero(~passed & estimated_rejects(s))
-        heights = np.sort(s * height[passed])[::-1]
-        allowed = int(max(spare, 0))
-        if allowed < len(heights):
-            needed = max(needed, float(heights[allowed]) + 1e-9)
+
+        def below(x, d, s=s):  # P(scatter in camera units <= x) for a baseline of noise s
+            return special.chdtr(d, d * (x / s) ** 2)
+
+        passes = below(pass_limit, dofs)
+        # sent to its own scatter r > pass_limit, judged as s * height / max(r, 1)
+        between = np.clip(below(1.0, dofs) - passes, 0, None)[which]
+        data_alarms = float(np.sum(between[s * top >= with_camera]))
+        # only the tallest peaks can reach with_camera over a scatter above the floor
+        tall = s * top / with_camera > floor[which]
+        if np.any(tall):
+            d = dofs[which[tall]]
+            reach = below(s * top[tall] / with_camera, d) - below(floor[which[tall]], d)
+            data_alarms += float(np.sum(np.clip(reach, 0, None)))
+        spare = budget - data_alarms
+        needed = max(needed, _weighted_exceeded(s * top, passes[which], spare) + 1e-9)
     return needed
 
 
@@ -362,34 +465,28 @@ def _threshold(pattern: tuple[float, ...], false_alarm: float) -> _Thresholds:
         _best_peak(bank, rng.standard_normal((2048, len(z))))
         for _ in range(max(1, _NULL_CURVES // 2048))
     ]
-    score, height, rms, dof = (np.concatenate([p[i] for p in parts]) for i in (3, 4, 2, 5))
-    estimated = float(np.quantile(score, 1 - false_alarm))
+    score, height, dof = (np.concatenate([p[i] for p in parts]) for i in (3, 4, 5))
+    estimated = _scatter_quantile(score, height, dof, false_alarm)
     # a curve the pre-test sends to its own scatter is judged as if there were no camera
     # model; the camera path gets what that leaves of the budget at each noise level
     with_camera = estimated
 
-    def estimated_rejects(s):
-        # in camera units the curve's noise is s * rms, floored at the camera's (1)
-        return s * height / np.maximum(s * rms, 1.0) >= with_camera
-
-    def reliably_found(known: float, level: float) -> float:
+    def reliably_found(known: float, level: float, data: float) -> float:
         # the height (in camera noise) found 90 % of the time on a camera-noise-only curve,
         # which passes the pre-test with probability 1 - level
         def shortfall(h):
-            found = (1 - level) * stats.norm.cdf(h - known) + level * stats.norm.cdf(
-                h - with_camera
-            )
+            found = (1 - level) * stats.norm.cdf(h - known) + level * stats.norm.cdf(h - data)
             return found - _POWER
 
-        return brentq(shortfall, 0.0, 10 * max(min(known, 1e6), with_camera) + 10)
+        return brentq(shortfall, 0.0, 10 * max(min(known, 1e6), data) + 10)
 
     # never trusting the camera (every curve judged on its own scatter) is the fallback
-    best = (reliably_found(estimated, 1.0), math.inf, 1.0)
+    best = (reliably_found(math.inf, 1.0, estimated), math.inf, 1.0)
     for level in _CONSISTENCY_LEVELS:
-        known = _known_threshold(height, rms, dof, estimated_rejects, level, false_alarm)
+        known = _known_threshold(height, dof, level, false_alarm, with_camera)
         if not (math.isfinite(known) and math.isfinite(with_camera)):
             continue
-        cost = reliably_found(known, level)
+        cost = reliably_found(known, level, with_camera)
         if cost < best[0]:
             best = (cost, known, level)
     _, known, level = best
@@ -429,7 +526,12 @@ def _warm(pattern: tuple[float, ...], false_alarm: float) -> None:
 
 
 def prepare_threshold(
-    z, *, depth_of_field_um: float, false_alarm: float = DEFAULT_FALSE_ALARM
+    z,
+    *,
+    depth_of_field_um: float,
+    false_alarm: float = DEFAULT_FALSE_ALARM,
+    look: int = 1,
+    looks: int = 1,
 ) -> Future | None:
     """Start computing the significance threshold for samples at ``z`` (µm), in a worker thread.
 
@@ -437,8 +539,8 @@ def prepare_threshold(
     have the Monte-Carlo threshold (:func:`assess_peak`, step 3) ready by the
     time it is judged, instead of computing it afterwards. The threshold is the
     one :func:`assess_peak` looks up for any curve with the same pattern (Z
-    relative to the first sample, to :func:`pattern_resolution_dof`); a curve
-    sampled elsewhere gets its own, as always.
+    relative to the first sample, to :func:`pattern_resolution_dof`) and the
+    same ``look`` of as many ``looks``; a curve sampled elsewhere gets its own, as always.
 
     Wait for the returned future before calling :func:`assess_peak` on such a
     curve (otherwise the threshold may be computed twice, concurrently).
@@ -454,15 +556,16 @@ def prepare_threshold(
     if len(z_dof) < 5 or not np.ptp(z_dof) >= 1.0:
         return None
     # a pattern already cached comes straight back from the worker
-    return _warmer.submit(_warm, _pattern(z_dof), float(false_alarm))
+    level = look_false_alarm(float(false_alarm), look, looks)
+    return _warmer.submit(_warm, _pattern(z_dof), level)
 
 
 def _significance(z_dof: np.ndarray, values: np.ndarray, camera_sigma: float, false_alarm: float):
     """The best peak's height over the noise, and the height the pattern needs.
 
     When the camera predicts the noise and the scatter on the baseline is no
-    larger than that prediction allows (a chi-square test at ``false_alarm``),
-    the noise is known and the stronger known-noise threshold applies; else
+    larger than that prediction allows (a chi-square pre-test), the noise is
+    known and the stronger known-noise threshold applies; else
     the noise is the scatter itself, with its own, higher threshold.
     """
     bank = _bank(z_dof)
@@ -559,6 +662,8 @@ def assess_peak(
     camera_noise=None,
     saturated_fraction=None,
     false_alarm: float = DEFAULT_FALSE_ALARM,
+    look: int = 1,
+    looks: int = 1,
     max_saturated_fraction: float = 0.02,
     max_second_peak: float = 0.5,
     metric: str = "focus measure",
@@ -578,7 +683,14 @@ def assess_peak(
     saturated_fraction : array_like, optional
         Fraction of saturated pixels of each frame.
     false_alarm : float
-        Probability that a curve without a peak is accepted.
+        Probability that a curve without a peak is accepted, over all the
+        looks a search takes at it.
+    look, looks : int
+        Which look at a growing curve this is, of how many the search may take
+        (1 and 1 for a curve judged once): the significance test is at
+        :func:`look_false_alarm` ``(false_alarm, look, looks)``, so that a
+        search judging its curve after every exposure is not accepted by a
+        lucky look.
     max_saturated_fraction : float
         Saturated fraction of the median frame above which the measure is
         not trusted (clipped pixels have no gradient).
@@ -596,6 +708,7 @@ def assess_peak(
         raise ValueError(f"depth_of_field_um must be positive, got {depth_of_field_um!r}.")
     if not 0 < false_alarm < 0.5:
         raise ValueError(f"false_alarm must be between 0 and 0.5, got {false_alarm!r}.")
+    significance_level = look_false_alarm(false_alarm, look, looks)
     z = np.asarray(z, dtype=float)
     values = np.asarray(values, dtype=float)
     order = np.argsort(z, kind="stable")
@@ -632,6 +745,8 @@ def assess_peak(
             "second_peak_ratio": nan,
             "points": n,
             "false_alarm": false_alarm,
+            "look": look,
+            "looks": looks,
         }
         base.update(figures)
         return PeakVerdict(found=found, failed=failed, reason=reason, **base)
@@ -656,7 +771,7 @@ def assess_peak(
             f"the samples span only {np.ptp(z):.2f} µm ({np.ptp(z_dof):.2f} DOF), too little to "
             "show a focus peak: widen the range",
         )
-    main = _significance(z_dof, values, camera_sigma, false_alarm)
+    main = _significance(z_dof, values, camera_sigma, significance_level)
     width_um = main["width"] * dof
     fitted = values.mean() + main["amplitude"] * (main["template"] - main["template"].mean())
     baseline = float(fitted.min())

@@ -42,7 +42,8 @@ class FocusResult:
     ``peak_*`` figures are those of the peak-acceptance test
     (:func:`~autofocus_plans.peak.assess_peak`): the peak's height over the
     noise of the focus measure and the height needed, the noise itself, the
-    peak's width in depths of field. ``exposures`` counts the recorded frames
+    peak's width in depths of field, ``peak_look`` the look at the growing
+    curve that decided (the threshold rises with each). ``exposures`` counts the recorded frames
     of the search, ``exposure_checks`` the preview frames of the exposure
     check before it, ``restarts`` how often a pause made the search start
     again.
@@ -69,6 +70,7 @@ class FocusResult:
     peak_noise: float = math.nan
     peak_width_dof: float = math.nan
     peak_second_ratio: float = math.nan
+    peak_look: int = 0
     exposure_s: float = math.nan
     exposure_checks: int = 0
     restarts: int = 0
@@ -92,6 +94,7 @@ class FocusResult:
             peak_noise=verdict.noise,
             peak_width_dof=verdict.width_dof,
             peak_second_ratio=verdict.second_peak_ratio,
+            peak_look=verdict.look,
             **fields,
         )
 

@@ -449,10 +449,10 @@ def run(quick: bool) -> str:
 
     # the peak a camera can see: twice the height a 23-point sweep needs over the camera's
     # noise (on its camera path, or, where that path is never taken, on its own scatter)
-    from autofocus_plans.peak import _pattern, _threshold
+    from autofocus_plans.peak import _pattern, _threshold, look_false_alarm
 
     sweep_pattern = np.linspace(-RANGE_DOF, RANGE_DOF, SWEEP_POINTS)
-    thresholds = _threshold(_pattern(sweep_pattern), 1e-3)
+    thresholds = _threshold(_pattern(sweep_pattern), look_false_alarm(1e-3, 1, 3))
     visible_snr = 2 * min(thresholds.known, thresholds.estimated_with_camera)
 
     def category(objective: str, sample: str, light: str) -> str:

@@ -128,3 +128,50 @@ def test_a_threshold_prepared_ahead_is_the_one_the_verdict_uses():
     # nothing to prepare where no peak could be shown
     assert prepare_threshold(np.arange(4.0) * DOF, depth_of_field_um=DOF) is None
     assert prepare_threshold(np.linspace(0, 0.5 * DOF, 9), depth_of_field_um=DOF) is None
+
+
+def test_thresholds_deeper_than_the_simulated_curves_hold_their_rate():
+    # 1e-4 is under one simulated curve in 8192: the threshold comes from the conditional
+    # tail; a quarter of a million fresh peak-free curves must exceed it about as often
+    z_dof = np.linspace(-5.4, 5.4, 9)
+    level = 1e-4
+    threshold = peak._threshold(peak._pattern(z_dof), level).estimated
+    bank = peak._bank(z_dof)
+    rng = np.random.default_rng(99)
+    trials = 1 << 18
+    exceed = sum(
+        int(
+            np.count_nonzero(
+                peak._best_peak(bank, rng.standard_normal((1 << 14, 9)))[3] >= threshold
+            )
+        )
+        for _ in range(trials >> 14)
+    )
+    expected = level * trials  # 26
+    # neither more false alarms than stated nor a threshold so high that it costs real peaks
+    assert (
+        stats.poisson.ppf(0.001, 0.5 * expected)
+        <= exceed
+        <= stats.poisson.ppf(0.999, 1.2 * expected)
+    )
+
+
+def test_each_look_at_a_growing_curve_is_held_to_a_stricter_level():
+    rng = np.random.default_rng(5)
+    values = 100.0 * (1 + 0.025 * _peak(Z, 1.0, 0.8 * DOF)) + 0.35 * rng.standard_normal(Z.size)
+    once = assess_peak(Z, values, depth_of_field_um=DOF)
+    looks = [assess_peak(Z, values, depth_of_field_um=DOF, look=k, looks=8) for k in (1, 2, 8, 12)]
+    thresholds = [once.threshold] + [v.threshold for v in looks]
+    assert thresholds == sorted(thresholds) and thresholds[0] < thresholds[-1]
+    assert [(v.look, v.looks) for v in looks] == [(1, 8), (2, 8), (8, 8), (12, 8)]
+    # however many looks a search takes, beyond its plan too, their levels add up to false_alarm
+    for planned in (1, 2, 3, 9):
+        spent = sum(
+            peak.look_false_alarm(1e-3, k, planned) for k in range(1, 200 if planned > 1 else 2)
+        )
+        assert spent <= 1e-3 * (1 + 1e-12)
+    # a peak that convinces a curve judged once need not convince a later look
+    assert once.found, once.reason
+    assert not looks[-1].found and looks[-1].failed == "significance"
+    with pytest.raises(ValueError, match="judged once"):
+        assess_peak(Z, values, depth_of_field_um=DOF, look=2)
