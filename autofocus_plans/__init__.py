@@ -45,6 +45,7 @@ _EXPORTS = {
     "PeakVerdict": "peak",
     "assess_peak": "peak",
     "fit_peak": "peak",
+    "look_false_alarm": "peak",
     "find_runs": "replay",
     "focus_curve": "replay",
     "load_frames": "replay",
@@ -89,6 +90,7 @@ __all__ = [
     "judge_exposure",
     "load_frames",
     "load_table",
+    "look_false_alarm",
     "lookup_run",
     "open_catalog",
     "reanalyze",
@@ -113,7 +115,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         track_focus,
     )
     from .mapping import FocusMap, TileScan, focus_map, grid_points, tile_scan
-    from .peak import PeakFit, PeakVerdict, assess_peak, fit_peak
+    from .peak import PeakFit, PeakVerdict, assess_peak, fit_peak, look_false_alarm
     from .replay import (
         find_runs,
         focus_curve,

@@ -23,8 +23,8 @@ from bluesky.protocols import Movable, Readable
 
 from models.dual_led import DualLEDDefocus
 
-from .brenner import brenner_sweep, fast_focus
 from .exposure import auto_exposure
+from .fallback import check_fallback, fall_back
 from .results import FocusResult, NumbersReading, emit_focus_result, optics_metadata
 from .stubs import approach, depth_of_field_from_devices, stage_field, stage_limits
 
@@ -145,10 +145,7 @@ def dual_led_focus(
     """
     if not 1 <= rounds <= 5:
         raise ValueError(f"rounds must be 1 to 5, got {rounds}.")
-    if fallback not in ("fast_focus", "brenner_sweep", "none"):
-        raise ValueError(
-            f"fallback must be 'fast_focus', 'brenner_sweep' or 'none', got {fallback!r}."
-        )
+    check_fallback(fallback)
     if tolerance_um < 0:
         raise ValueError(
             f"tolerance_um must be >= 0 (0: a quarter of the DOF), got {tolerance_um}."
@@ -276,15 +273,18 @@ def dual_led_focus(
     result.run_uid = uid or ""
     if not result.fell_back:
         return result
-    yield from approach(stage, origin, approach_um)
-    if fallback == "none":
-        raise RuntimeError(f"dual_led_focus found no displacement to trust: {state['reason']}.")
-    search = fast_focus if fallback == "fast_focus" else brenner_sweep
-    reach = 6 * dof
-    rescue = yield from search(
-        camera, stage, led, -reach, reach, md={"fallback_for": result.run_uid, **(md or {})}
+    return (
+        yield from fall_back(
+            camera,
+            stage,
+            led,
+            result,
+            fallback=fallback,
+            reach_um=6 * dof,
+            origin=origin,
+            approach_um=approach_um,
+            refusal="dual_led_focus found no displacement to trust",
+            first_run_key="dual_led_run_uid",
+            md=md,
+        )
     )
-    rescue.fell_back = True
-    rescue.exposures += result.exposures
-    rescue.extra = {"dual_led_run_uid": result.run_uid, "reason": state["reason"]}
-    return rescue

@@ -19,7 +19,8 @@ import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.protocols import Movable, Readable
 
-from .brenner import brenner_sweep, fast_focus
+from .brenner import brenner_sweep
+from .fallback import check_fallback, fall_back
 from .results import FocusResult, NumbersReading, emit_focus_result, optics_metadata
 from .stubs import approach, depth_of_field_from_devices, stage_field, stage_limits
 
@@ -287,10 +288,7 @@ def cnn_focus(
     """
     if max_shots not in (1, 2):
         raise ValueError(f"max_shots must be 1 or 2, got {max_shots}.")
-    if fallback not in ("fast_focus", "brenner_sweep", "none"):
-        raise ValueError(
-            f"fallback must be 'fast_focus', 'brenner_sweep' or 'none', got {fallback!r}."
-        )
+    check_fallback(fallback)
     model = _resolve_model(model)
     check_model_optics(model, camera, led, off_axis_pattern)
     dof = depth_of_field_from_devices(camera, led)
@@ -411,21 +409,24 @@ def cnn_focus(
     result.run_uid = uid or ""
     if not result.fell_back:
         return result
-    if fallback == "none":
-        yield from approach(stage, origin, approach_um)
-        raise RuntimeError(f"cnn_focus could not trust the model: {state['reason']}.")
-    yield from approach(stage, origin, approach_um)
-    search = fast_focus if fallback == "fast_focus" else brenner_sweep
     # search where the model was trained to see, a little wider, and no less than the
     # ±6 depths of field a search needs to tell a peak from its tails
     reach = max(1.1 * max(abs(low_range), abs(high_range)), 6 * dof)
-    rescue = yield from search(
-        camera, stage, led, -reach, reach, md={"fallback_for": result.run_uid, **(md or {})}
+    return (
+        yield from fall_back(
+            camera,
+            stage,
+            led,
+            result,
+            fallback=fallback,
+            reach_um=reach,
+            origin=origin,
+            approach_um=approach_um,
+            refusal="cnn_focus could not trust the model",
+            first_run_key="cnn_run_uid",
+            md=md,
+        )
     )
-    rescue.fell_back = True
-    rescue.exposures += result.exposures
-    rescue.extra = {"cnn_run_uid": result.run_uid, "reason": state["reason"]}
-    return rescue
 
 
 def track_focus(

@@ -86,8 +86,11 @@ DEFAULT_FALSE_ALARM = 1e-3
 _NULL_CURVES = 8192
 _FITTED_PARAMETERS = 4  # offset, height, centre, width
 _MIN_BASELINE = 4  # baseline samples needed to measure the scatter there
-#: A sample is on a peak's baseline where the peak has fallen below this fraction of its top.
+#: A sample is on a peak's baseline where the peak has fallen below this fraction of its
+#: top, if that leaves _FAR_BASELINE samples; else below _NEAR_BASELINE_LEVEL.
 _BASELINE_LEVEL = 0.25
+_FAR_BASELINE = 6
+_NEAR_BASELINE_LEVEL = 0.5
 _TAIL_SHAPES = (1, 3)  # Pearson VII exponents besides the Gaussian (1 = Lorentzian)
 
 
@@ -289,9 +292,12 @@ def _best_peak(bank: _Bank, values: np.ndarray):
     Returns (index, amplitude, noise, height/noise, height, degrees of freedom
     of the noise) per row. The noise is the scatter of the residuals on the
     baseline, where the template has fallen below :data:`_BASELINE_LEVEL` of
-    its top: over its top and flanks a real peak's shape never quite matches
-    any template (a narrow core on broad wings, ripples of defocus), and that
-    mismatch grows with the peak instead of telling its noise.
+    its top (below half of it where that leaves fewer than
+    :data:`_FAR_BASELINE` samples, since a scatter from a few samples needs a
+    far higher threshold): over its top and flanks a real peak's shape never
+    quite matches any template (a narrow core on broad wings, ripples of
+    defocus), and that mismatch grows with the peak instead of telling its
+    noise.
     """
     centered = values - values.mean(axis=1, keepdims=True)
     projections = (centered.astype(np.float32) @ bank.centered.T).astype(np.float64)  # (K, T)
@@ -301,7 +307,12 @@ def _best_peak(bank: _Bank, values: np.ndarray):
     rows = np.arange(len(values))
     a = np.maximum(amplitude[rows, best], 0.0)
     residual = centered - a[:, None] * bank.centered[best]
-    baseline = bank.raw[best] < _BASELINE_LEVEL
+    template = bank.raw[best]
+    # the far baseline where it holds enough samples to measure a scatter; else the lower half
+    far = template < _BASELINE_LEVEL
+    baseline = np.where(
+        (far.sum(axis=1) >= _FAR_BASELINE)[:, None], far, template < _NEAR_BASELINE_LEVEL
+    )
     count = baseline.sum(axis=1)
     enough = count >= _MIN_BASELINE
     squares = residual * residual

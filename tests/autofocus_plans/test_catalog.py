@@ -199,7 +199,7 @@ def test_quick_listing_reads_the_same_rows_as_tiled(catalog_RE, catalog, mic):
     from autofocus_plans.runlist import quick_summaries
 
     sweep = catalog_RE(
-        brenner_sweep(mic.camera, mic.z, mic.led, -10, 10, 11, md={"sample": "cells:1"})
+        brenner_sweep(mic.camera, mic.z, mic.led, -20, 20, 21, md={"sample": "cells:1"})
     ).plan_result
     (uid_count,) = catalog_RE(bp.count([mic.camera], 2), sample="beads:2").run_start_uids
     middle = time.time()
