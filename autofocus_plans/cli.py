@@ -388,6 +388,7 @@ def cmd_train(args) -> int:
 
     import models
 
+    models.resolve_device(args.device)  # no GPU for --device cuda: say so before reading runs
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         dist.init_process_group("gloo")  # the models train on the CPU
@@ -401,6 +402,7 @@ def cmd_train(args) -> int:
             crops_per_frame=args.crops,
             seed=args.seed,
             name=args.name,
+            device=args.device,
         )
         if distributed and dist.get_rank() != 0:
             return 0  # the same model on every rank: rank 0 saves it
@@ -412,7 +414,8 @@ def cmd_train(args) -> int:
     print(
         f"{model.architecture} trained on {len(examples)} frames from {len(runs)} fields; "
         f"validation on unseen fields: MAE {v['mae_um']:.2f} µm ({v['mae_dof']:.2f} DOF), "
-        f"RMSE {v['rmse_um']:.2f} µm ({v['rmse_dof']:.2f} DOF)\nsaved to {path}"
+        f"RMSE {v['rmse_um']:.2f} µm ({v['rmse_dof']:.2f} DOF); "
+        f"{model.metadata['training_time_s']:.0f} s on {model.metadata['device']}\nsaved to {path}"
     )
     return 0
 
@@ -622,6 +625,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crops", type=int, default=4, help="random crops per training frame")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", help="model name recorded in the checkpoint")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=["auto", "cpu", "cuda"],
+        help="where to train: the CPU (default), a CUDA GPU, or auto (a GPU where there is one)",
+    )
     p.add_argument("--out", default="model.safetensors", help="checkpoint file to write")
     p.add_argument(
         "--nproc",

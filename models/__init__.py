@@ -20,6 +20,8 @@ _LAZY: dict[str, str] = {
     "FourierMLP": "learned",
     "ModelFileError": "learned",
     "load_model": "learned",
+    "DEVICES": "compute",
+    "resolve_device": "compute",
     "DualLEDDefocus": "dual_led",
     "ShiftEstimate": "dual_led",
     "DefocusExamples": "training",

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .compute import resolve_device
 from .preprocessing import Preprocessing
 
 __all__ = [
@@ -136,14 +137,25 @@ class DefocusModel:
             np.stack([prep(f, c) for f, c in zip(frames, corners, strict=True)])
         )
 
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are (the CPU unless :meth:`to` moved them)."""
+        return next(self.net.parameters()).device
+
+    def to(self, device: str | torch.device = "auto") -> DefocusModel:
+        """Move the network to ``device`` (``"auto"``, ``"cpu"`` or ``"cuda"``); returns self."""
+        self.net.to(resolve_device(device))
+        return self
+
     def predict(self, frames: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-        """Signed defocus in µm of each frame (``z - z_focus``)."""
+        """Signed defocus in µm of each frame (``z - z_focus``), computed on :attr:`device`."""
         frames = np.asarray(frames)
         single = frames.ndim == 2
         batch = frames[None] if single else frames
         self.net.eval()
         with torch.inference_mode():
-            out = self.net(self.inputs(batch)).numpy() * self.label_scale_um
+            out = self.net(self.inputs(batch).to(self.device)).cpu().numpy()
+        out = out * self.label_scale_um
         return out[0] if single else out
 
     @property
@@ -171,7 +183,7 @@ class DefocusModel:
             "label_scale_um": repr(self.label_scale_um),
             "metadata": json.dumps(self.metadata),
         }
-        state = {k: v.detach().contiguous() for k, v in self.net.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
         save_file(state, str(path), metadata=header)
         self.path = path
         self.file_sha256 = _sha256(path)

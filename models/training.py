@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .compute import resolve_device
 from .learned import ARCHITECTURES, DefocusModel
 from .preprocessing import Preprocessing
 
@@ -140,6 +141,7 @@ def train(
     preprocessing: Preprocessing | None = None,
     name: str | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> DefocusModel:
     """Train a defocus regressor; validation frames come from fields of view never trained on.
 
@@ -150,10 +152,22 @@ def train(
     share of every batch. The returned model's metadata holds
     the architecture, preprocessing, optics, training run uids and the
     validation MAE/RMSE in µm and in depths of field.
+
+    ``device`` is where the network trains: ``"cpu"`` (the default),
+    ``"cuda"``, or ``"auto"`` (a CUDA GPU where torch sees one). The same
+    seed gives the same model on the CPU whatever the machine; a GPU's
+    kernels differ in the last digits. The returned model is on the CPU either
+    way, and ``metadata["device"]`` records where it trained.
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"Unknown architecture {architecture!r}; choose one of {ARCHITECTURES}.")
     rank, world = _rank_and_world()
+    where = resolve_device(device)
+    if world > 1 and where.type != "cpu":
+        raise ValueError(
+            f"Training in {world} processes runs on the CPU (gloo): pass device='cpu', or train "
+            "in one process to use the GPU."
+        )
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     preprocessing = preprocessing or Preprocessing()
@@ -171,8 +185,9 @@ def train(
     x_train = model.inputs(np.repeat(train_frames, crops_per_frame, axis=0), corners)
     y_train = y[torch.from_numpy(is_train)].repeat_interleave(crops_per_frame)
     x_val, y_val = model.inputs(examples.frames[~is_train]), y[torch.from_numpy(~is_train)]
+    x_train, y_train, x_val, y_val = (t.to(where) for t in (x_train, y_train, x_val, y_val))
 
-    net = model.net
+    net = model.net.to(where)
     # Several processes (torchrun): each one builds the same examples and takes its share
     # of every batch; DistributedDataParallel averages the gradients, so the steps are
     # those of one process on the whole batch and validation agrees on every rank.
@@ -202,7 +217,7 @@ def train(
             xb = x_train[idx]
             if architecture == "DefocusCNN":
                 # flipping rows is a symmetry of illumination along x; flipping columns is not
-                flip = (torch.rand(len(batch), generator=generator) < 0.5)[mine]
+                flip = (torch.rand(len(batch), generator=generator) < 0.5)[mine].to(where)
                 flipped = xb.flip(-2)
                 # the centred FFT's zero row is at crop/2: after a flip it must be rolled back
                 flipped[:, 1] = flipped[:, 1].roll(1, dims=-2)
@@ -223,7 +238,9 @@ def train(
     net.load_state_dict(best[1])
     net.eval()
     with torch.inference_mode():
-        predicted = net(x_val).numpy() * scale
+        predicted = net(x_val).cpu().numpy() * scale
+    net.to("cpu")
+    y_val = y_val.cpu()
     dof = examples.depth_of_field_um
     validation = regression_metrics(y_val.numpy() * scale, predicted, dof)
     model.metadata = {
@@ -242,6 +259,7 @@ def train(
         "training_time_s": time.monotonic() - t0,
         "seed": seed,
         "processes": world,
+        "device": str(where),
     }
     return model
 
