@@ -109,7 +109,6 @@ class _FocusCurve:
         self.settled_exposure = float(self.exposure.get()) if self.exposure is not None else None
         # every verdict on new samples is one more chance for noise to pass (see assess_peak):
         # a search says how many it may take, and each is tested at its share
-        self.measured = 0
         self.looks_planned = 1
         self.reset()
 
@@ -168,7 +167,6 @@ class _FocusCurve:
             devices[-1] = self.exposure_reading.update({self.exposure_key: new})
             reading = yield from bps.trigger_and_read(devices)
         value = float(reading[self.key]["value"]) if reading else math.nan
-        self.measured += 1
         self.z.append(z)
         self.values.append(value)
         if self.noise_key and reading:
@@ -199,9 +197,10 @@ class _FocusCurve:
 
     def verdict(self, false_alarm: float) -> PeakVerdict:
         """The peak test on the samples so far, as the next look if there are new ones."""
-        if self.measured != self._looked_at:
+        measured = self.discarded + self.exposures  # never decreases, even across a restart
+        if measured != self._looked_at:
             self.looks += 1
-            self._looked_at = self.measured
+            self._looked_at = measured
         return assess_peak(
             self.z,
             self.values,

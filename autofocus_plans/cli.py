@@ -527,6 +527,8 @@ def cmd_queue(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from models.compute import DEVICES  # no torch: --help stays fast
+
     parser = argparse.ArgumentParser(
         prog="autofocus",
         description="Autofocus for LED-illuminated microscopes on the Bluesky stack.",
@@ -628,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device",
         default="cpu",
-        choices=["auto", "cpu", "cuda"],
+        choices=DEVICES,
         help="where to train: the CPU (default), a CUDA GPU, or auto (a GPU where there is one)",
     )
     p.add_argument("--out", default="model.safetensors", help="checkpoint file to write")

@@ -254,11 +254,12 @@ def fly_sweep(
         first = geometry_of(low, high)
         # the first sweep alone is judged on a pattern known now: its threshold is computed
         # while the run opens and the stage moves (later sweeps add frames at their own phase)
+        planned_looks = 1 + max_extensions  # one after each sweep
         warm = prepare_threshold(
             first.nominal_z(),
             depth_of_field_um=dof,
             false_alarm=false_alarm,
-            looks=1 + max_extensions,
+            looks=planned_looks,
         )
 
         _md = {
@@ -333,7 +334,7 @@ def fly_sweep(
                 saturated_fraction=curve["saturated"],
                 false_alarm=false_alarm,
                 look=looks[0],
-                looks=1 + max_extensions,
+                looks=planned_looks,
                 metric=metric,
             )
 

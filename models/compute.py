@@ -1,8 +1,15 @@
-"""Where the learned models run: ``device="auto" | "cpu" | "cuda"`` (torch)."""
+"""Where the learned models run: ``device="auto" | "cpu" | "cuda"``.
+
+Importing this module does not import torch (the CLI reads :data:`DEVICES`
+to build its options); :func:`resolve_device` does.
+"""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DEVICES", "resolve_device"]
 
@@ -16,6 +23,8 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
     ``"cuda"`` (or ``"cuda:N"``) on a machine where torch sees no GPU is refused
     with the reason, rather than failing deep inside the first batch.
     """
+    import torch
+
     if isinstance(device, torch.device):
         device = str(device)
     if not isinstance(device, str) or device.split(":")[0] not in DEVICES:
