@@ -17,6 +17,7 @@ taken before the pause.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
@@ -30,7 +31,7 @@ from bluesky.utils import Msg
 from models.focus_measures import FOCUS_MEASURES
 
 from .exposure import BadExposure, ExposureLimits, judge_exposure
-from .peak import DEFAULT_FALSE_ALARM, PeakVerdict, assess_peak, log_parabola_vertex
+from .peak import DEFAULT_FALSE_ALARM, PeakVerdict, assess_peak, fit_peak, log_parabola_vertex
 from .results import (
     FocusResult,
     NoFocusFound,
@@ -195,12 +196,18 @@ class _FocusCurve:
         for z in positions:
             yield from self.measure(z)
 
-    def verdict(self, false_alarm: float) -> PeakVerdict:
-        """The peak test on the samples so far, as the next look if there are new ones."""
+    def verdict(self, false_alarm: float, *, decisive: bool = True) -> PeakVerdict:
+        """The peak test on the samples so far, as the next look if there are new ones.
+
+        Only a decisive verdict may end a search with a focus, so only decisive
+        looks spend ``false_alarm``. A search steers by the others (is the peak
+        open? where to measure next?), judged at the level of its next decisive
+        look; whether a look is decisive must not depend on its own outcome.
+        """
         measured = self.discarded + self.exposures  # never decreases, even across a restart
-        if measured != self._looked_at:
-            self.looks += 1
-            self._looked_at = measured
+        look = self.looks + (measured != self._looked_at)
+        if decisive and measured != self._looked_at:
+            self.looks, self._looked_at = look, measured
         return assess_peak(
             self.z,
             self.values,
@@ -208,7 +215,7 @@ class _FocusCurve:
             camera_noise=self.noise if len(self.noise) == len(self.z) else None,
             saturated_fraction=self.saturated if len(self.saturated) == len(self.z) else None,
             false_alarm=false_alarm,
-            look=max(self.looks, 1),
+            look=max(look, 1),
             looks=self.looks_planned,
             metric=self.metric,
         )
@@ -240,11 +247,19 @@ def _open_side(curve: _FocusCurve, verdict: PeakVerdict) -> str | None:
     return None
 
 
-def _judge(curve: _FocusCurve, step: float, points: int, max_extensions: int, false_alarm: float):
+def _judge(
+    curve: _FocusCurve,
+    step: float,
+    points: int,
+    max_extensions: int,
+    false_alarm: float,
+    *,
+    decisive: bool = True,
+):
     """Assess the curve, extending the range while the peak is open on one side."""
     extensions = 0
     while True:
-        verdict = curve.verdict(false_alarm)
+        verdict = curve.verdict(false_alarm, decisive=decisive)
         side = _open_side(curve, verdict)
         if side is None or extensions >= max_extensions:
             return verdict, extensions
@@ -510,38 +525,97 @@ def _widest_bright_gap(curve: _FocusCurve) -> float | None:
     return float((z[k] + z[k + 1]) / 2)
 
 
-def _parabola_refine(curve: _FocusCurve, tolerance_um: float, budget: int, false_alarm: float):
-    """Coarse-to-fine: a pair of exposures half a DOF either side of the vertex, then judge.
+#: While it confirms a peak, a search judges for good only every this many exposures:
+#: neighbouring looks see nearly the same curve, so judging after each would split the
+#: false-alarm budget many ways for little new evidence.
+_EXPOSURES_PER_LOOK = 3
+#: Exposures a golden-section search leaves for confirming its peak (on the baseline, mostly).
+_GOLDEN_CONFIRMING = 3
 
-    Half a depth of field is where a focus peak is still high but already
-    curved, so the pair pins its top down and the fit over all samples does
-    the rest. While the peak test is not yet convinced, the next exposure
-    goes where its verdict points: beside a single high sample (is it a
-    peak?), to the top of a candidate that nearly stands out of the noise (a
-    new look through it), or, with no candidate at all, into the widest gap
-    of the coarse scan that could hide a narrow peak.
+
+def _confirming_looks(exposures: int) -> int:
+    """Decisive looks of :func:`_confirm` with ``exposures`` to spend."""
+    return 1 + math.ceil(max(exposures, 0) / _EXPOSURES_PER_LOOK)
+
+
+def _confirm(curve: _FocusCurve, budget: int, false_alarm: float):
+    """Measure where the peak test points until a decisive verdict finds a peak, or the budget ends.
+
+    The next exposure goes beside a single high sample (is it a peak?), to
+    the baseline of a candidate that nearly stands out of the noise (the
+    threshold falls as the baseline grows), through the top of a candidate
+    that would pass (pinning it down until the next decisive look), or, with
+    no candidate at all, into the widest gap of the coarse scan that could
+    hide a narrow peak. The first verdict, the one after every
+    :data:`_EXPOSURES_PER_LOOK` th exposure and the one after the last are
+    decisive (:func:`_confirming_looks`); the others only steer. Returns the
+    verdict that found a peak (located by :func:`_locate`), else None.
     """
-    estimate = _vertex_estimate(curve)
-    half = max(0.5 * curve.dof_um, tolerance_um)
-    for z in (estimate - half, estimate + half):
-        if curve.exposures < budget:
-            yield from curve.measure(float(np.clip(z, curve.low, curve.high)))
-    while curve.exposures < budget:
-        verdict = curve.verdict(false_alarm)
-        if verdict.found or verdict.failed in ("saturated", "points", "open", "ambiguous"):
+    first = curve.exposures
+    while True:
+        taken = curve.exposures - first
+        decisive = curve.exposures >= budget or taken % _EXPOSURES_PER_LOOK == 0
+        verdict = curve.verdict(false_alarm, decisive=decisive)
+        if verdict.failed in ("saturated", "points", "open", "ambiguous"):
+            return
+        if decisive and verdict.found:
+            return (yield from _locate(curve, verdict, budget))
+        if curve.exposures >= budget:
             return
         if verdict.failed == "support":  # one high sample: look either side of it
             target = _beside_the_top(curve)
-        elif verdict.significance >= 0.5 * verdict.threshold:  # a candidate in the noise
-            # the threshold falls as the baseline grows: on the camera's noise the pre-test
-            # can tell more surely that there is no other noise, on the curve's own scatter
-            # that scatter is known better; once the baseline is full, look through the top
+        elif verdict.found:  # to be judged for good later: pin its top down meanwhile
+            target = _vertex_estimate(curve)
+        elif verdict.significance >= 0.5 * verdict.threshold:
+            # on the camera's noise, more baseline lets the pre-test tell more surely that
+            # there is no other noise; on the curve's own scatter, that scatter is known
+            # better. Once the baseline is full, look through the top
             baseline = _baseline_gap(curve, verdict)
             target = baseline if baseline is not None else _vertex_estimate(curve)
         else:  # nothing yet: a narrow peak may hide in a gap of the coarse scan
             gap = _widest_bright_gap(curve)
             target = gap if gap is not None else _vertex_estimate(curve)
         yield from curve.measure(float(np.clip(target, curve.low, curve.high)))
+
+
+def _locate(curve: _FocusCurve, verdict: PeakVerdict, budget: int, pins: int = 2):
+    """Pin down the top of a peak already found, if no sample brackets it closely on one side.
+
+    The peak test has decided; exposures beside the top (within the budget)
+    only place it better, so they are not judged again: the verdict stands,
+    with the centre refitted over the samples around the new top.
+    """
+    moved = False
+    while pins and curve.exposures < budget and _top_is_open(curve):
+        yield from curve.measure(float(np.clip(_beside_the_top(curve), curve.low, curve.high)))
+        pins -= 1
+        moved = True
+    if not moved:
+        return verdict
+    z, values = curve.sorted()
+    top = float(z[int(np.argmax(values))])
+    reach = 0.75 * max(verdict.width_um, curve.dof_um)
+    fit = fit_peak(z, values, window=(top - reach, top + reach))
+    if not math.isfinite(fit.center):
+        return verdict
+    center = float(np.clip(fit.center, z[0], z[-1]))
+    return dataclasses.replace(verdict, center=center, fit=fit, points=len(z))
+
+
+def _parabola_refine(curve: _FocusCurve, tolerance_um: float, budget: int, false_alarm: float):
+    """Coarse-to-fine: a pair of exposures half a DOF either side of the vertex, then confirm.
+
+    Half a depth of field is where a focus peak is still high but already
+    curved, so the pair pins its top down and the fit over all samples does
+    the rest; :func:`_confirm` spends what is left while the peak test is
+    not yet convinced.
+    """
+    estimate = _vertex_estimate(curve)
+    half = max(0.5 * curve.dof_um, tolerance_um)
+    for z in (estimate - half, estimate + half):
+        if curve.exposures < budget:
+            yield from curve.measure(float(np.clip(z, curve.low, curve.high)))
+    return (yield from _confirm(curve, budget, false_alarm))
 
 
 def _baseline_gap(curve: _FocusCurve, verdict: PeakVerdict) -> float | None:
@@ -554,6 +628,16 @@ def _baseline_gap(curve: _FocusCurve, verdict: PeakVerdict) -> float | None:
     if not np.any(usable):
         return None
     return float(mids[usable][np.argmax(gaps[usable])])
+
+
+def _top_is_open(curve: _FocusCurve) -> bool:
+    """The highest sample has no other within 0.8 DOF on one side (inside the range)."""
+    z, values = curve.sorted()
+    k = int(np.argmax(values))
+    reach = 0.8 * curve.dof_um
+    below = (k > 0 and z[k] - z[k - 1] <= reach) or z[k] - reach < curve.low
+    above = (k < len(z) - 1 and z[k + 1] - z[k] <= reach) or z[k] + reach > curve.high
+    return not (below and above)
 
 
 def _beside_the_top(curve: _FocusCurve) -> float:
@@ -596,10 +680,13 @@ def fast_focus(
     open on one side; then ``method`` refines it: ``"coarse_to_fine"``
     places a pair of exposures half a DOF either side of the vertex of a
     parabola through log(measure), and more, only while the peak test is not
-    yet convinced (up to ``max_exposures``), in the gaps the coarse scan left
-    and at the top;
-    ``"golden"`` runs a golden-section search inside the
-    bracket down to ``tolerance_um``. The same peak test as
+    yet convinced (up to ``max_exposures``), in the gaps the coarse scan left,
+    on the baseline and at the top; it judges for good after the pair, after
+    every third exposure that follows and after the last, so that looks
+    which see nearly the same curve do not split ``false_alarm`` many ways.
+    ``"golden"`` runs a golden-section search inside the bracket down to
+    ``tolerance_um``, keeping the last three exposures for confirming the
+    peak in the same way. The same peak test as
     :func:`brenner_sweep` judges all the samples, and the focus is the fit
     over them.
 
@@ -652,20 +739,40 @@ def fast_focus(
         tolerance = tolerance_um or 0.1 * curve.dof_um
         span_dof = (high - low) / curve.dof_um
         points = coarse_points or int(np.clip(np.ceil(span_dof / 1.85), 4, 30)) + 1
-        # one look after the coarse scan and each extension, and one after the refining pair
-        # and each exposure that follows it
-        curve.looks_planned = 1 + max_extensions + max(max_exposures - points - 1, 0)
+        refining = max(max_exposures - points, 0)
+        coarse_decides = method != "golden" and not refining
+        if coarse_decides:  # nothing left to refine with: judged as a sweep
+            curve.looks_planned = 1 + max_extensions
+        else:
+            # the coarse scan and its extensions only steer (the refinement always follows);
+            # the looks that confirm the refined peak decide. An extension after them is a
+            # look beyond the plan, at a smaller share
+            confirming = (
+                min(_GOLDEN_CONFIRMING, max(refining - 2, 0))
+                if method == "golden"
+                else refining - 2  # after the pair around the vertex
+            )
+            planned = _confirming_looks(confirming)
+            curve.looks_planned = max(planned, 2) if max_extensions else planned
         yield from curve.scan(np.linspace(low, high, points))
         step = (high - low) / (points - 1)
-        _, extensions = yield from _judge(curve, step, 2, max_extensions, false_alarm)
-        budget = max_exposures + 2 * extensions
-        z, values = curve.sorted()
-        k = int(np.argmax(values))
+        _, extensions = yield from _judge(
+            curve, step, 2, max_extensions, false_alarm, decisive=coarse_decides
+        )
+        found = None
         if method == "golden":
+            z, values = curve.sorted()
+            k = int(np.argmax(values))
             a, b = z[max(k - 1, 0)], z[min(k + 1, len(z) - 1)]
-            yield from _golden_refine(curve, a, b, tolerance, budget)
-        else:
-            yield from _parabola_refine(curve, tolerance, budget, false_alarm)
+            budget = curve.exposures + refining
+            yield from _golden_refine(curve, a, b, tolerance, budget - max(confirming, 0))
+            found = yield from _confirm(curve, budget, false_alarm)
+        elif refining:
+            found = yield from _parabola_refine(
+                curve, tolerance, curve.exposures + refining, false_alarm
+            )
+        if found is not None:  # decided, and located since: not judged again
+            return found, extensions
         # the refined peak may still be open towards one edge: extend there too
         verdict, more = yield from _judge(curve, step, 2, max_extensions - extensions, false_alarm)
         return verdict, extensions + more

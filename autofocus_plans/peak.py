@@ -27,9 +27,11 @@ by more than its noise could explain. :func:`assess_peak` decides that:
    than the simulated curves resolve come from a tail fitted to the
    largest of them (peaks over threshold).
    A search that judges a growing curve again and again (after each new
-   exposure) gets another chance at a false alarm with every look, so it
-   spends ``false_alarm`` over the looks it plans (:func:`look_false_alarm`):
-   over all of them the chances add up to ``false_alarm`` at most.
+   exposure) gets another chance at a false alarm with every look that may
+   end it with a focus, so it spends ``false_alarm`` over the looks it plans
+   (:func:`look_false_alarm`): over all of them the chances add up to
+   ``false_alarm`` at most. Looks that only steer a search spend nothing;
+   which looks may decide must be fixed before their outcome is known.
 4. **Support.** Without its highest sample, the other samples must still
    show the same peak (its amplitude, refitted with centre and width
    fixed, significant by a t-test): a single exposure (a vibration, a noise
