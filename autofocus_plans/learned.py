@@ -10,6 +10,7 @@ where ``z_focus`` comes from a Brenner sweep; a model trained on them
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -202,7 +203,7 @@ def check_model_optics(model, camera, led, pattern: str) -> None:
 
 
 def _resolve_model(model):
-    if isinstance(model, str):
+    if isinstance(model, str | os.PathLike):
         from models import load_model
 
         return load_model(model)
@@ -220,11 +221,15 @@ def _model_identity(model) -> dict[str, Any]:
     }
 
 
-def _predict(model, camera) -> float:
+def _last_frame(camera):
     frame = camera.last_frame
     if frame is None:
         raise RuntimeError(f"Camera {camera.name!r} returned no frame to predict from.")
-    return float(model.predict(frame))
+    return frame
+
+
+def _predict(model, camera) -> float:
+    return float(model.predict(_last_frame(camera)))
 
 
 def cnn_focus(
@@ -236,6 +241,7 @@ def cnn_focus(
     max_shots: int = 2,
     tolerance_um: float = 1.0,
     probe_um: float | None = None,
+    max_interval_um: float | None = None,
     fallback: str = "fast_focus",
     off_axis_pattern: str = "off_axis",
     off_axis_exposure_s: float = 0.25,
@@ -256,6 +262,14 @@ def cnn_focus(
     two; otherwise, or when a prediction lies outside the model's trained
     range, the plan falls back to ``fast_focus`` (a separate run).
 
+    Each shot's prediction is the mean over a grid of crops of the frame, and
+    their scatter gives it an interval (:meth:`models.DefocusModel.estimate`,
+    calibrated by split conformal prediction on fields the model never trained
+    on, with the coverage stored in the checkpoint). A shot whose frame looks
+    unlike the training frames to the network (``novelty`` above 1), or whose
+    interval is wider than ``max_interval_um``, falls back before the stage
+    moves on it.
+
     Parameters
     ----------
     camera : Readable
@@ -264,7 +278,7 @@ def cnn_focus(
         Z stage (µm).
     led : Movable
         LED illumination, restored on exit.
-    model : str or DefocusModel
+    model : str, path or DefocusModel
         Checkpoint path (or a loaded model).
     max_shots : int
         1 (predict and move) or 2 (also confirm, and correct a small residual).
@@ -273,6 +287,9 @@ def cnn_focus(
     probe_um : float, optional
         Distance of the confirming shot from the first shot's focus; None: twice
         the agreement band, kept inside the trained range.
+    max_interval_um : float, optional
+        Widest acceptable interval half-width of a prediction (µm); None: the
+        agreement band. Checkpoints without a calibration are not checked.
     fallback : str
         ``"fast_focus"``, ``"brenner_sweep"`` or ``"none"`` (raise instead).
     off_axis_pattern, off_axis_exposure_s : str, float
@@ -297,6 +314,9 @@ def cnn_focus(
     # two independent predictions' errors differ by sqrt(2) times one's spread
     agreement = math.sqrt(2) * float(p95) if p95 else max(2 * tolerance_um, dof)
     probe = probe_um if probe_um is not None else min(2 * agreement, 0.8 * high_range)
+    widest = agreement if max_interval_um is None else float(max_interval_um)
+    if not widest > 0:
+        raise ValueError(f"max_interval_um must be positive, got {max_interval_um!r}.")
     origin = float(stage.position)
     apply, restore = _set_and_restore(camera, led, off_axis_pattern, off_axis_exposure_s)
     state: dict[str, Any] = {"fell_back": False, "reason": ""}
@@ -315,6 +335,7 @@ def cnn_focus(
             "tolerance_um": tolerance_um,
             "probe_um": probe,
             "agreement_um": agreement,
+            "max_interval_um": widest,
             "fallback": fallback,
         },
     }
@@ -329,15 +350,26 @@ def cnn_focus(
         predictions = []
         reading = NumbersReading(
             "prediction",
-            {"predicted_defocus_um": 0.0, "expected_um": 0.0, "agreement_um": 0.0, "shot": 0.0},
+            {
+                "predicted_defocus_um": 0.0,
+                "spread_um": 0.0,
+                "interval_um": 0.0,
+                "novelty": 0.0,
+                "expected_um": 0.0,
+                "agreement_um": 0.0,
+                "shot": 0.0,
+            },
         )
+        intervals: list[float] = []
         foci: list[float] = []  # where each shot places focus
         for shot in range(max_shots):
             yield from bps.checkpoint()  # each shot measures afresh: a pause here loses nothing
             yield from bps.trigger_and_read([camera, stage])
             exposures += 1
-            dz = _predict(model, camera)
+            estimate = model.estimate(_last_frame(camera))
+            dz = estimate.defocus_um
             predictions.append(dz)
+            intervals.append(estimate.interval_um)
             # the probe goes against the first prediction: a model stuck on one answer then
             # misses it by more than the probe, whatever that answer is
             expected = 0.0 if shot == 0 else -math.copysign(probe, predictions[0])
@@ -346,6 +378,9 @@ def cnn_focus(
                 reading.update(
                     {
                         "predicted_defocus_um": dz,
+                        "spread_um": estimate.spread_um,
+                        "interval_um": estimate.interval_um,
+                        "novelty": estimate.novelty,
                         "expected_um": expected,
                         "agreement_um": agreement,
                         "shot": float(shot),
@@ -355,6 +390,26 @@ def cnn_focus(
             yield from bps.save()
             if not low_range <= dz <= high_range:
                 state.update(fell_back=True, reason=f"prediction {dz:.2f} µm outside trained range")
+                break
+            if not estimate.familiar:
+                state.update(
+                    fell_back=True,
+                    reason=(
+                        f"the frame is unlike those the model was trained on (novelty "
+                        f"{estimate.novelty:.1f}, where above 1 is unfamiliar): its interval "
+                        "would not hold"
+                    ),
+                )
+                break
+            if estimate.interval_um > widest:  # nan (no calibration) never is
+                state.update(
+                    fell_back=True,
+                    reason=(
+                        f"the model is unsure of this sample: its {estimate.coverage:.0%} "
+                        f"interval is ±{estimate.interval_um:.2f} µm, wider than "
+                        f"{widest:.2f} µm"
+                    ),
+                )
                 break
             foci.append(float(stage.position) - dz)
             if shot == 0 and max_shots > 1 and probe <= agreement:
@@ -394,7 +449,11 @@ def cnn_focus(
             elapsed_s=time.monotonic() - t0,
             predicted_defocus=predictions[0],
             fell_back=state["fell_back"],
-            extra={"predictions_um": predictions, "reason": state["reason"]},
+            extra={
+                "predictions_um": predictions,
+                "intervals_um": intervals,
+                "reason": state["reason"],
+            },
         )
         yield from emit_focus_result(result)
         state["result"] = result
@@ -454,7 +513,7 @@ def track_focus(
     ----------
     camera, stage, led : devices
         As for :func:`cnn_focus`.
-    model : str or DefocusModel
+    model : str, path or DefocusModel
         Checkpoint path (or a loaded model).
     num : int
         Number of time points.

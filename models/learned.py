@@ -20,6 +20,7 @@ from torch import nn
 
 from .compute import resolve_device
 from .preprocessing import Preprocessing
+from .uncertainty import Calibration, DefocusEstimate, sample_spectrum, view_corners
 
 __all__ = [
     "ARCHITECTURES",
@@ -157,6 +158,43 @@ class DefocusModel:
             out = self.net(self.inputs(batch).to(self.device)).cpu().numpy()
         out = out * self.label_scale_um
         return out[0] if single else out
+
+    def predict_views(self, frames: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """Defocus in µm predicted from each view of each frame, shape ``(frames, views)``.
+
+        The views are crops on a grid over the frame
+        (:func:`~models.uncertainty.view_corners`), like the random crops the
+        model was trained on.
+        """
+        frames = np.asarray(frames)
+        batch = frames[None] if frames.ndim == 2 else frames
+        corners = view_corners(batch.shape[1:], self.preprocessing.crop)
+        views = np.repeat(batch, len(corners), axis=0)
+        self.net.eval()
+        with torch.inference_mode():
+            x = self.inputs(views, corners * len(batch)).to(self.device)
+            out = self.net(x).cpu().numpy() * self.label_scale_um
+        return out.reshape(len(batch), len(corners))
+
+    def estimate(self, frame: np.ndarray) -> DefocusEstimate:
+        """One frame's defocus: the mean over its views, their spread, the calibrated
+        interval and how unlike the training frames the sample looks (``novelty``).
+
+        The interval (``interval_um``, a half-width) and the novelty are ``nan``
+        for a checkpoint without a calibration.
+        """
+        calibration = self.calibration
+        return DefocusEstimate.from_views(
+            self.predict_views(frame)[0],
+            sample_spectrum(frame, self.preprocessing.crop) if calibration else None,
+            calibration,
+        )
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The conformal calibration of :meth:`estimate`'s intervals, if the checkpoint has one."""
+        stored = self.metadata.get("calibration")
+        return Calibration.from_dict(stored) if stored else None
 
     @property
     def trained_range_um(self) -> tuple[float, float]:

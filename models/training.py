@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from .compute import resolve_device
 from .learned import ARCHITECTURES, DefocusModel
 from .preprocessing import Preprocessing
+from .uncertainty import calibrate, sample_spectrum
 
 __all__ = ["DefocusExamples", "examples_from_runs", "regression_metrics", "train"]
 
@@ -243,6 +244,15 @@ def train(
     y_val = y_val.cpu()
     dof = examples.depth_of_field_um
     validation = regression_metrics(y_val.numpy() * scale, predicted, dof)
+    # the fields that chose the weights also calibrate the intervals: never trained on, but
+    # selected on, so the stated coverage is a little optimistic
+    calibration = calibrate(
+        model.predict_views(examples.frames[~is_train]),
+        examples.defocus_um[~is_train],
+        fields=len(val_fields),
+        spectra=np.stack([sample_spectrum(f, preprocessing.crop) for f in examples.frames]),
+        is_train=is_train,
+    )
     model.metadata = {
         "name": name or f"{architecture}-{time.strftime('%Y%m%d-%H%M%S')}",
         "architecture": architecture,
@@ -253,6 +263,7 @@ def train(
         "trained_range_um": [float(examples.defocus_um.min()), float(examples.defocus_um.max())],
         "validation": validation,
         "validation_fields": val_fields,
+        "calibration": calibration.to_dict(),
         "train_examples": int(is_train.sum()),
         "crops_per_frame": crops_per_frame,
         "epochs": best[2] + 1,

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import stats
 
 import models
 from autofocus_plans import (
@@ -186,6 +187,61 @@ def test_on_samples_it_never_saw_the_model_ends_near_focus_or_falls_back(
         if len(shots) > 1:  # the probe: on the other side of the first shot's focus
             assert abs(shots[1]["expected_um"]) > shots[1]["agreement_um"] > 0
             assert np.sign(shots[1]["expected_um"]) == -np.sign(shots[0]["predicted_defocus_um"])
+
+
+def test_the_model_states_its_interval_and_knows_a_sample_it_never_saw(trained, RE, tmp_path):
+    # trained on tissue: on fresh tissue fields it is familiar and its interval mostly covers
+    # the error; beads look like nothing it was trained on, so it falls back before moving
+    model = models.load_model(trained["path"])
+    calibration = model.calibration
+    assert calibration.coverage == 0.9 and calibration.frames == model.metadata["validation"]["n"]
+    assert np.isfinite(calibration.quantile) and np.isfinite(calibration.novelty_limit)
+    familiar, covered = [], []
+    for family in ("tissue", "beads"):
+        mic = SimMicroscope(family, seed=7, frames_dir=tmp_path, time_scale=0)
+        mic.led.set("off_axis").wait()
+        mic.camera.exposure_time.put(0.25)
+        dof = mic.depth_of_field_um
+        for k, offset in enumerate(np.linspace(-4, 4, 12) * dof):
+            mic.fov.set(900 + k).wait()
+            mic.z.set(mic.true_focus() + offset).wait()
+            mic.camera.trigger().wait()
+            estimate = model.estimate(mic.camera.last_frame)
+            familiar.append((family, estimate.familiar))
+            if family == "tissue":
+                covered.append(abs(estimate.defocus_um - offset) <= estimate.interval_um)
+    tissue = [f for name, f in familiar if name == "tissue"]
+    beads = [f for name, f in familiar if name == "beads"]
+    # 95 % of frames like the calibration fields count as familiar, 90 % are covered;
+    # the bounds allow for what 12 frames can scatter below that by chance
+    assert sum(tissue) >= stats.binom.ppf(1e-3, 12, 0.95), familiar
+    assert sum(covered) >= stats.binom.ppf(1e-3, 12, 0.9), covered
+    assert not any(beads), familiar
+
+    mic = SimMicroscope("beads", seed=4, frames_dir=tmp_path, time_scale=0)
+    mic.z.set(mic.true_focus() + 2 * mic.depth_of_field_um).wait()
+    docs = []
+    result = RE(
+        cnn_focus(mic.camera, mic.z, mic.led, model), lambda n, d: docs.append(d)
+    ).plan_result
+    assert result.fell_back and "unlike those the model was trained on" in result.extra["reason"]
+    (shot,) = [d["data"] for d in docs if "data" in d and "novelty" in d["data"]]
+    assert shot["novelty"] > 1 and shot["interval_um"] > 0
+
+
+def test_cnn_focus_falls_back_when_its_interval_is_wider_than_allowed(trained, RE, tmp_path):
+    mic = SimMicroscope("tissue", seed=0, frames_dir=tmp_path, time_scale=0)
+    mic.fov.set(501).wait()
+    start = mic.true_focus() + 2 * mic.depth_of_field_um
+    mic.z.set(start).wait()
+    result = RE(
+        cnn_focus(mic.camera, mic.z, mic.led, trained["path"], max_interval_um=1e-3)
+    ).plan_result
+    if "unlike" not in result.extra["reason"]:  # one field in 20 may look unfamiliar
+        assert result.fell_back and "interval is ±" in result.extra["reason"], result.extra
+    assert abs(result.best_z - mic.true_focus()) < 0.5
+    with pytest.raises(ValueError, match="max_interval_um must be positive"):
+        RE(cnn_focus(mic.camera, mic.z, mic.led, trained["path"], max_interval_um=0))
 
 
 def test_model_for_other_optics_is_refused(trained, RE, tmp_path):
