@@ -631,10 +631,14 @@ def _baseline_gap(curve: _FocusCurve, verdict: PeakVerdict) -> float | None:
 
 
 def _top_is_open(curve: _FocusCurve) -> bool:
-    """The highest sample has no other within 0.8 DOF on one side (inside the range)."""
+    """The highest sample has no other within 1.2 DOF on one side (inside the range).
+
+    A gap that wide can hide the top of the narrowest focus peak (sigma ~0.4
+    DOF), as in :func:`_widest_bright_gap`.
+    """
     z, values = curve.sorted()
     k = int(np.argmax(values))
-    reach = 0.8 * curve.dof_um
+    reach = 1.2 * curve.dof_um
     below = (k > 0 and z[k] - z[k - 1] <= reach) or z[k] - reach < curve.low
     above = (k < len(z) - 1 and z[k + 1] - z[k] <= reach) or z[k] + reach > curve.high
     return not (below and above)
