@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -253,6 +255,13 @@ def train(
         spectra=np.stack([sample_spectrum(f, preprocessing.crop) for f in examples.frames]),
         is_train=is_train,
     )
+    if not (math.isfinite(calibration.quantile) and math.isfinite(calibration.novelty_limit)):
+        warnings.warn(
+            f"Only {calibration.frames} validation frames: too few to calibrate a "
+            f"{calibration.coverage:.0%} interval and a {calibration.familiar:.0%} novelty "
+            "limit, so this model cannot tell when a sample is unfamiliar; collect more fields.",
+            stacklevel=2,
+        )
     model.metadata = {
         "name": name or f"{architecture}-{time.strftime('%Y%m%d-%H%M%S')}",
         "architecture": architecture,

@@ -65,3 +65,10 @@ def test_the_cli_refuses_a_gpu_the_machine_does_not_have(tmp_path):
     assert result.returncode != 0
     assert "sees no CUDA GPU on this machine" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_too_few_validation_frames_for_a_calibration_are_named():
+    # 2 of 6 fields validate: 16 frames, fewer than a 95 % conformal limit needs (19)
+    with pytest.warns(UserWarning, match="Only 16 validation frames: too few"):
+        model = models.train(_examples(), "FourierMLP", epochs=1, crops_per_frame=1, progress=False)
+    assert model.calibration.novelty_limit == float("inf")
