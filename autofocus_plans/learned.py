@@ -265,10 +265,10 @@ def cnn_focus(
     Each shot's prediction is the mean over a grid of crops of the frame, and
     their scatter gives it an interval (:meth:`models.DefocusModel.estimate`,
     calibrated by split conformal prediction on fields the model never trained
-    on, with the coverage stored in the checkpoint). A shot whose frame looks
-    unlike the training frames to the network (``novelty`` above 1), or whose
-    interval is wider than ``max_interval_um``, falls back before the stage
-    moves on it.
+    on, with the coverage stored in the checkpoint). A shot whose frame's
+    spatial-frequency content is unlike the training frames' (``novelty``
+    above 1), or whose interval is wider than ``max_interval_um``, falls back
+    before the stage moves on it.
 
     Parameters
     ----------

@@ -54,14 +54,39 @@ def _train(root: Path, fields: int):
     )
 
 
+def _figures(estimates, truth_um, dof: float) -> list:
+    """Frames, MAE, interval coverage and median half-width (DOF), median novelty, flagged."""
+    errors = np.abs([e.defocus_um for e in estimates] - np.asarray(truth_um))
+    widths = np.array([e.interval_um for e in estimates])
+    novelty = np.array([e.novelty for e in estimates])
+    return [
+        len(estimates),
+        f"{errors.mean() / dof:.2f}",
+        f"{np.mean(errors <= widths):.0%}",
+        f"{np.median(widths) / dof:.2f}",
+        f"{np.median(novelty):.2f}",
+        f"{np.mean(novelty > 1):.0%}",
+    ]
+
+
+_HEADERS = [
+    "frames",
+    "MAE DOF",
+    "interval covers",
+    "median half-width DOF",
+    "median novelty",
+    "novelty > 1",
+]
+
+
 def _held_out_rows(quick: bool) -> list[list]:
     """Trained on three families (or all four), tested on the one (or the real images) left out."""
     from devices import SAMPLE_FAMILIES, ProceduralSample, SimMicroscope
-    from models.training import DefocusExamples, train
 
-    from .bench_generalisation import _shots, real_images
+    from .bench_generalisation import _fitted, _shots, real_images
 
     fields, shots = (2, 6) if quick else (5, 16)
+    cfg = {"epochs": {"DefocusCNN": 3 if quick else 25}, "crops": 2}
     rng = np.random.default_rng(20261203)
     mic = SimMicroscope("cells", time_scale=0)
     dof = mic.depth_of_field_um
@@ -74,30 +99,10 @@ def _held_out_rows(quick: bool) -> list[list]:
     cases.append(("real images", list(SAMPLE_FAMILIES), reals))
     rows = []
     for _, families, tests in cases:
-        examples = DefocusExamples(
-            np.concatenate([sets[f][0] for f in families]),
-            np.concatenate([sets[f][1] for f in families]),
-            np.concatenate([sets[f][2] for f in families]),
-            depth_of_field_um=dof,
-        )
-        model = train(
-            examples, "DefocusCNN", epochs=3 if quick else 25, crops_per_frame=2, progress=False
-        )
+        model = _fitted(sets, families, "DefocusCNN", 0, cfg, dof)
         for name, (frames, labels, _) in tests.items():
             estimates = [model.estimate(f) for f in frames]
-            errors = np.abs([e.defocus_um for e in estimates] - labels)
-            novelty = np.array([e.novelty for e in estimates])
-            rows.append(
-                [
-                    ", ".join(families),
-                    name,
-                    len(frames),
-                    f"{errors.mean() / dof:.2f}",
-                    f"{np.mean(errors <= [e.interval_um for e in estimates]):.0%}",
-                    f"{np.median(novelty):.2f}",
-                    f"{np.mean(novelty > 1):.0%}",
-                ]
-            )
+            rows.append([", ".join(families), name, *_figures(estimates, labels, dof)])
     return rows
 
 
@@ -116,30 +121,16 @@ def run(quick: bool) -> str:
         mic.camera.exposure_time.put(0.25)
         dof = mic.depth_of_field_um
         rng = np.random.default_rng(3)
-        errors, widths, covered, novel = [], [], [], []
+        estimates, offsets = [], []
         for f in range(fields):
             mic.fov.set(900 + f).wait()
             for offset in rng.uniform(-4, 4, shots) * dof:
                 mic.z.set(mic.true_focus() + offset).wait()
                 mic.camera.trigger().wait()
-                estimate = model.estimate(mic.camera.last_frame)
-                error = abs(estimate.defocus_um - offset)
-                errors.append(error / dof)
-                widths.append(estimate.interval_um / dof)
-                covered.append(error <= estimate.interval_um)
-                novel.append(estimate.novelty)
-        novel = np.asarray(novel)
-        rows.append(
-            [
-                family + (" (trained)" if family == "tissue" else ""),
-                len(errors),
-                f"{np.mean(errors):.2f}",
-                f"{np.mean(covered):.0%}",
-                f"{np.median(widths):.2f}",
-                f"{np.median(novel):.2f}",
-                f"{np.mean(novel > 1):.0%}",
-            ]
-        )
+                estimates.append(model.estimate(mic.camera.last_frame))
+                offsets.append(offset)
+        label = family + (" (trained)" if family == "tissue" else "")
+        rows.append([label, *_figures(estimates, offsets, dof)])
     return "\n".join(
         [
             "## Does the model know the sample? Conformal intervals and novelty",
@@ -152,18 +143,7 @@ def run(quick: bool) -> str:
             f"conformal quantile), from {calibration.frames} frames of {calibration.fields} "
             f"validation fields. {time.perf_counter() - t0:.0f} s.",
             "",
-            table(
-                [
-                    "family",
-                    "frames",
-                    "MAE DOF",
-                    "interval covers",
-                    "median half-width DOF",
-                    "median novelty",
-                    "novelty > 1",
-                ],
-                rows,
-            ),
+            table(["family", *_HEADERS], rows),
             "",
             "### Trained on several families, tested on one left out",
             "",
@@ -173,17 +153,6 @@ def run(quick: bool) -> str:
             "Here the training set already spans several kinds of sample, so an unseen one "
             "can look familiar.",
             "",
-            table(
-                [
-                    "trained on",
-                    "tested on",
-                    "frames",
-                    "MAE DOF",
-                    "interval covers",
-                    "median novelty",
-                    "novelty > 1",
-                ],
-                _held_out_rows(quick),
-            ),
+            table(["trained on", "tested on", *_HEADERS], _held_out_rows(quick)),
         ]
     )

@@ -12,7 +12,7 @@ normalised errors ``|error| / (spread + floor)`` on those fields
 (:func:`calibrate`). The coverage holds for frames like the calibration
 frames (the same kind of sample, the same optics); on other samples the
 spread is what can widen the interval, and how well it does is measured,
-not assumed (``benchmarks/bench_generalisation.py``).
+not assumed (``benchmarks/bench_uncertainty.py``).
 
 The spread does not flag a sample the model never saw: on such a sample the
 views can agree on a wrong answer (measured: a model trained on tissue
@@ -34,6 +34,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from .preprocessing import Preprocessing
 
 __all__ = [
     "DEFAULT_COVERAGE",
@@ -90,11 +92,7 @@ def sample_spectrum(frame, crop: int) -> np.ndarray:
     do not matter), Hann-windowed, averaged in log-spaced rings from 2 cycles
     per crop to Nyquist.
     """
-    a = np.asarray(frame, dtype=float)
-    h, w = a.shape
-    a = a[(h - crop) // 2 : (h + crop) // 2, (w - crop) // 2 : (w + crop) // 2]
-    mean = a.mean()
-    contrast = a / mean - 1 if mean > 0 else a - mean
+    contrast = Preprocessing(crop=crop).image(frame)  # the crop the model sees, normalised
     window = np.outer(np.hanning(crop), np.hanning(crop))
     power = np.abs(np.fft.fftshift(np.fft.fft2(contrast * window))) ** 2
     y, x = np.indices(power.shape) - crop // 2
