@@ -36,6 +36,7 @@ _EXPORTS = {
     "recover_runs": "durable",
     "dual_led_focus": "dual_led",
     "dual_led_model": "dual_led",
+    "mirrored_patterns": "dual_led",
     "check_model_optics": "learned",
     "cnn_focus": "learned",
     "collect_training_set": "learned",
@@ -92,6 +93,7 @@ __all__ = [
     "load_table",
     "look_false_alarm",
     "lookup_run",
+    "mirrored_patterns",
     "open_catalog",
     "reanalyze",
     "recover_runs",
@@ -105,6 +107,7 @@ __all__ = [
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from .brenner import FOCUS_METHODS, brenner_sweep, fast_focus
     from .catalog import CatalogError, frames_dir_for, open_catalog, subscribe_catalog
+    from .dual_led import dual_led_focus, dual_led_model, mirrored_patterns
     from .durable import recover_runs
     from .exposure import BadExposure, ExposureCheck, auto_exposure, judge_exposure
     from .fly import fly_speed, fly_sweep

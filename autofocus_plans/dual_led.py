@@ -28,7 +28,7 @@ from .fallback import check_fallback, fall_back
 from .results import FocusResult, NumbersReading, emit_focus_result, optics_metadata
 from .stubs import approach, depth_of_field_from_devices, stage_field, stage_limits
 
-__all__ = ["dual_led_focus", "dual_led_model"]
+__all__ = ["dual_led_focus", "dual_led_model", "mirrored_patterns"]
 
 
 def _displacement_per_um(led, pattern: str) -> np.ndarray:
@@ -45,6 +45,24 @@ def _displacement_per_um(led, pattern: str) -> np.ndarray:
     kz = math.sqrt((n / wavelength) ** 2 - point.ux**2 - point.uy**2)
     # the lateral group delay of a tilted plane wave: a shift of u/kz per µm of defocus
     return np.array([point.uy / kz, point.ux / kz])
+
+
+def mirrored_patterns(led, *, fraction: float = 0.75, azimuth_deg: float = 0.0) -> tuple[str, str]:
+    """Two LED patterns mirrored about the optical axis, each at ``fraction`` of the objective NA.
+
+    Under them a sample ``dz`` from focus appears displaced between the two
+    frames in proportion to ``dz``: the illumination of :func:`dual_led_focus`
+    and of learned models of frame pairs.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be between 0 and 1 (of the objective NA), got {fraction}.")
+    na = fraction * float(led.objective_na.get())
+    array = getattr(led, "array", None)
+    if array is not None:
+        # light from the LEDs crosses air below the slide: an oil objective's outer NA is out
+        # of reach, so stay a step inside the array's edge
+        na = min(na, 0.9 * array.illumination_na(array.half, 0))
+    return (f"na:{na:.4f},{azimuth_deg:g}", f"na:{na:.4f},{azimuth_deg + 180:g}")
 
 
 def dual_led_model(
@@ -64,15 +82,7 @@ def dual_led_model(
     false_alarm : float
         Probability that two unrelated frames give an estimate.
     """
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be between 0 and 1 (of the objective NA), got {fraction}.")
-    na = fraction * float(led.objective_na.get())
-    array = getattr(led, "array", None)
-    if array is not None:
-        # light from the LEDs crosses air below the slide: an oil objective's outer NA is out
-        # of reach, so stay a step inside the array's edge
-        na = min(na, 0.9 * array.illumination_na(array.half, 0))
-    patterns = (f"na:{na:.4f},{azimuth_deg:g}", f"na:{na:.4f},{azimuth_deg + 180:g}")
+    patterns = mirrored_patterns(led, fraction=fraction, azimuth_deg=azimuth_deg)
     pixel_um = float(camera.pixel_size_um.get())
     per_um = (_displacement_per_um(led, patterns[1]) - _displacement_per_um(led, patterns[0])) / (
         pixel_um

@@ -63,6 +63,7 @@ def collect_training_set(
     sweep_points: int = 26,
     off_axis_pattern: str = "off_axis",
     off_axis_exposure_s: float = 0.25,
+    pair_patterns: Sequence[str] | None = None,
     training_set: str = "default",
     seed: int = 0,
     md: dict | None = None,
@@ -100,6 +101,13 @@ def collect_training_set(
         LED pattern of the training images.
     off_axis_exposure_s : float
         Exposure of the off-axis frames (one LED is far dimmer than brightfield).
+    pair_patterns : (str, str), optional
+        Take a pair of frames at every offset instead, one under each pattern
+        (two mirrored off-axis LEDs, :func:`~autofocus_plans.mirrored_patterns`):
+        the training set of a model that predicts from pairs
+        (``Preprocessing(inputs="pair")``), which carries the defocus as the
+        displacement between the two frames whatever the sample.
+        ``off_axis_pattern`` is then unused.
     training_set : str
         Tag recorded in every run, to select this set later.
     seed : int
@@ -114,6 +122,7 @@ def collect_training_set(
     """
     if shots_per_field < 1:
         raise ValueError(f"shots_per_field must be at least 1, got {shots_per_field}.")
+    patterns = _shot_patterns(off_axis_pattern, pair_patterns)
     rng = np.random.default_rng(seed)
     dof = depth_of_field_from_devices(camera, led)
     half_range = defocus_range_dof * dof
@@ -137,7 +146,7 @@ def collect_training_set(
         low, high = stage_limits(stage)
         offsets = np.sort(rng.uniform(-half_range, half_range, shots_per_field))
         targets = [z for z in z_focus + offsets if low <= z <= high]
-        apply, restore = _set_and_restore(camera, led, off_axis_pattern, off_axis_exposure_s)
+        apply, restore = _set_and_restore(camera, led, patterns[0], off_axis_exposure_s)
         _md = {
             "plan_name": "collect_training_set",
             "purpose": "training",
@@ -146,10 +155,11 @@ def collect_training_set(
             "fov_id": f"{training_set}:{field_position}",
             "z_focus_um": z_focus,
             "focus_run_uid": sweep.run_uid,
-            "illumination": off_axis_pattern,
+            "illumination": PAIR_SEPARATOR.join(patterns),
+            "led_patterns": list(patterns),
             "depth_of_field_um": dof,
             "defocus_range_um": [-half_range, half_range],
-            "optics": optics_metadata(camera, led) | {"led_pattern": off_axis_pattern},
+            "optics": optics_metadata(camera, led) | {"led_pattern": PAIR_SEPARATOR.join(patterns)},
             "detectors": [camera.name],
             "motors": [stage_field(stage)],
             "hints": {"dimensions": [([stage_field(stage)], "primary")]},
@@ -163,7 +173,10 @@ def collect_training_set(
             yield from approach(stage, targets[0], 5.0)
             for z in targets:
                 yield from bps.mv(stage, z)
-                yield from bps.trigger_and_read([camera, stage])
+                for pattern in patterns:  # one event per frame; a pair is two in a row
+                    if len(patterns) > 1:
+                        yield from bps.mv(led, pattern)
+                    yield from bps.trigger_and_read([camera, stage])
             # back to this field's focus: the next field's sweep is centred on it
             yield from approach(stage, z_focus, 5.0)
 
@@ -172,9 +185,26 @@ def collect_training_set(
     return uids
 
 
+#: joins the two patterns of a pair where one pattern string is recorded
+PAIR_SEPARATOR = " | "
+
+
+def _shot_patterns(off_axis_pattern: str, pair_patterns: Sequence[str] | None) -> tuple[str, ...]:
+    if pair_patterns is None:
+        return (off_axis_pattern,)
+    if isinstance(pair_patterns, str) or len(pair_patterns) != 2:
+        raise ValueError(
+            f"pair_patterns must be two LED patterns (one per frame of a pair), got "
+            f"{pair_patterns!r}; see autofocus_plans.mirrored_patterns(led)."
+        )
+    return tuple(str(p) for p in pair_patterns)
+
+
 # configuration that says what is imaged or how long, not through which optics
 _NOT_OPTICS = {"camera_scene", "camera_exposure_time", "camera_min_exposure_s"}
 _NOT_OPTICS |= {"camera_max_exposure_s"}
+# a pair's two patterns are compared joined, as led_pattern
+_NOT_OPTICS |= {"led_patterns"}
 
 
 def check_model_optics(model, camera, led, pattern: str) -> None:
@@ -232,6 +262,20 @@ def _predict(model, camera) -> float:
     return float(model.predict(_last_frame(camera)))
 
 
+def _model_patterns(model, off_axis_pattern: str) -> tuple[str, ...]:
+    """The LED pattern of each exposure of one prediction by ``model``."""
+    if getattr(model, "shots", 1) == 1:
+        return (off_axis_pattern,)
+    patterns = tuple(getattr(model, "patterns", ()))
+    if len(patterns) != model.shots:
+        raise ValueError(
+            f"Model {model.name!r} predicts from {model.shots} frames but does not record their "
+            "LED patterns (led_patterns in its metadata); retrain it from runs collected with "
+            "collect_training_set(..., pair_patterns=...)."
+        )
+    return patterns
+
+
 def cnn_focus(
     camera: Readable,
     stage: Movable,
@@ -250,7 +294,10 @@ def cnn_focus(
 ):
     """Jump to focus from one off-axis exposure, using a trained defocus model.
 
-    Shot 1 predicts the signed defocus, so where focus is. The optional shot 2
+    Shot 1 predicts the signed defocus, so where focus is. A model of frame
+    pairs (``model.shots == 2``, trained on frames collected with
+    ``collect_training_set(..., pair_patterns=...)``) takes each shot as two
+    exposures, one under each of its two mirrored LEDs (``model.patterns``). The optional shot 2
     checks the model where the first shot cannot fake it: it is taken
     ``probe_um`` from that focus, on the other side from where shot 1 was, so
     a model that reads the sample right must now see ``probe_um`` of defocus
@@ -293,7 +340,8 @@ def cnn_focus(
     fallback : str
         ``"fast_focus"``, ``"brenner_sweep"`` or ``"none"`` (raise instead).
     off_axis_pattern, off_axis_exposure_s : str, float
-        Illumination and exposure of the shots (must match the model's training).
+        Illumination and exposure of the shots (must match the model's
+        training); a model of pairs uses its own two patterns instead.
     approach_um : float
         Overshoot below a target before the final upward approach.
     md : dict, optional
@@ -307,7 +355,8 @@ def cnn_focus(
         raise ValueError(f"max_shots must be 1 or 2, got {max_shots}.")
     check_fallback(fallback)
     model = _resolve_model(model)
-    check_model_optics(model, camera, led, off_axis_pattern)
+    patterns = _model_patterns(model, off_axis_pattern)
+    check_model_optics(model, camera, led, PAIR_SEPARATOR.join(patterns))
     dof = depth_of_field_from_devices(camera, led)
     low_range, high_range = model.trained_range_um
     p95 = model.metadata.get("validation", {}).get("p95_um")
@@ -318,14 +367,15 @@ def cnn_focus(
     if not widest > 0:
         raise ValueError(f"max_interval_um must be positive, got {max_interval_um!r}.")
     origin = float(stage.position)
-    apply, restore = _set_and_restore(camera, led, off_axis_pattern, off_axis_exposure_s)
+    apply, restore = _set_and_restore(camera, led, patterns[0], off_axis_exposure_s)
     state: dict[str, Any] = {"fell_back": False, "reason": ""}
     _md = {
         "plan_name": "cnn_focus",
         "method": "cnn_focus",
         "purpose": "autofocus",
         **_model_identity(model),
-        "illumination": off_axis_pattern,
+        "illumination": PAIR_SEPARATOR.join(patterns),
+        "led_patterns": list(patterns),
         "start_z": origin,
         "optics": optics_metadata(camera, led),
         "detectors": [camera.name],
@@ -364,9 +414,14 @@ def cnn_focus(
         foci: list[float] = []  # where each shot places focus
         for shot in range(max_shots):
             yield from bps.checkpoint()  # each shot measures afresh: a pause here loses nothing
-            yield from bps.trigger_and_read([camera, stage])
-            exposures += 1
-            estimate = model.estimate(_last_frame(camera))
+            frames = []
+            for pattern in patterns:  # one frame, or a pair under two mirrored LEDs
+                if len(patterns) > 1:
+                    yield from bps.mv(led, pattern)
+                yield from bps.trigger_and_read([camera, stage])
+                frames.append(np.array(_last_frame(camera), copy=True))
+                exposures += 1
+            estimate = model.estimate(frames[0] if len(frames) == 1 else np.stack(frames))
             dz = estimate.defocus_um
             predictions.append(dz)
             intervals.append(estimate.interval_um)
@@ -532,6 +587,11 @@ def track_focus(
         ``time_s``, ``z_um`` and ``predicted_defocus_um`` lists.
     """
     model = _resolve_model(model)
+    if getattr(model, "shots", 1) != 1:
+        raise ValueError(
+            f"track_focus predicts from one frame per time point; model {model.name!r} needs "
+            f"{model.shots} (a pair under two LEDs): use a single-frame model, or cnn_focus."
+        )
     check_model_optics(model, camera, led, off_axis_pattern)
     limit = max_step_um if max_step_um is not None else max(map(abs, model.trained_range_um))
     apply, restore = _set_and_restore(camera, led, off_axis_pattern, off_axis_exposure_s)

@@ -41,7 +41,12 @@ class ModelFileError(ValueError):
 
 
 class DefocusCNN(nn.Module):
-    """Small CNN over two channels (normalised image, log|FFT|) -> signed defocus."""
+    """Small CNN over two channels -> signed defocus.
+
+    The channels are the normalised image and its log|FFT|, or for a pair of
+    frames their cross-correlation and the first's autocorrelation
+    (:class:`~models.preprocessing.Preprocessing`).
+    """
 
     def __init__(self, crop: int = 128, width: int = 16) -> None:
         super().__init__()
@@ -97,7 +102,7 @@ def _build(architecture: str, preprocessing: Preprocessing) -> nn.Module:
     if architecture == "DefocusCNN":
         return DefocusCNN(crop=preprocessing.crop)
     if architecture == "FourierMLP":
-        return FourierMLP(features=(preprocessing.crop // preprocessing.fft_pool) ** 2)
+        return FourierMLP(features=preprocessing.fft_feature_count)
     raise ValueError(f"Unknown architecture {architecture!r}; choose one of {ARCHITECTURES}.")
 
 
@@ -148,11 +153,34 @@ class DefocusModel:
         self.net.to(resolve_device(device))
         return self
 
-    def predict(self, frames: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-        """Signed defocus in µm of each frame (``z - z_focus``), computed on :attr:`device`."""
+    @property
+    def shots(self) -> int:
+        """Exposures per prediction: 1, or 2 for a model of frame pairs (see :attr:`patterns`)."""
+        return 2 if self.preprocessing.inputs == "pair" else 1
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        """LED patterns of a prediction's exposures, as trained (empty when not recorded)."""
+        return tuple(self.metadata.get("led_patterns", ()))
+
+    def _batch(self, frames) -> tuple[np.ndarray, bool]:
+        """``frames`` as a batch of model inputs, and whether it was one input."""
         frames = np.asarray(frames)
-        single = frames.ndim == 2
+        single = frames.ndim == self.preprocessing.frame_ndim
         batch = frames[None] if single else frames
+        if batch.ndim != self.preprocessing.frame_ndim + 1:
+            kind = "frames (N, H, W)" if self.shots == 1 else "pairs of frames (N, 2, H, W)"
+            raise ValueError(
+                f"{self.name} predicts from {kind}, got an array of shape {frames.shape}."
+            )
+        return batch, single
+
+    def predict(self, frames: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """Signed defocus in µm of each frame (``z - z_focus``), computed on :attr:`device`.
+
+        A model of pairs (:attr:`shots` 2) takes pairs ``(2, H, W)`` or ``(N, 2, H, W)``.
+        """
+        batch, single = self._batch(frames)
         self.net.eval()
         with torch.inference_mode():
             out = self.net(self.inputs(batch).to(self.device)).cpu().numpy()
@@ -166,9 +194,8 @@ class DefocusModel:
         (:func:`~models.uncertainty.view_corners`), like the random crops the
         model was trained on.
         """
-        frames = np.asarray(frames)
-        batch = frames[None] if frames.ndim == 2 else frames
-        corners = view_corners(batch.shape[1:], self.preprocessing.crop)
+        batch, _ = self._batch(frames)
+        corners = view_corners(batch.shape[-2:], self.preprocessing.crop)
         views = np.repeat(batch, len(corners), axis=0)
         self.net.eval()
         with torch.inference_mode():
@@ -186,7 +213,9 @@ class DefocusModel:
         calibration = self.calibration
         return DefocusEstimate.from_views(
             self.predict_views(frame)[0],
-            sample_spectrum(frame, self.preprocessing.crop) if calibration else None,
+            sample_spectrum(self.preprocessing.first(frame), self.preprocessing.crop)
+            if calibration
+            else None,
             calibration,
         )
 

@@ -82,13 +82,24 @@ def examples_from_runs(runs: Iterable[Any], *, progress: bool = True) -> Defocus
         z = np.asarray(stream[start["motors"][0]].read(), dtype=float)
         stack = np.asarray(stream[image_key].read())
         n = min(len(z), len(stack))
-        frames.append(stack[:n])
-        labels.append(z[:n] - float(start["z_focus_um"]))
-        fovs.extend([str(start.get("fov_id", start["uid"]))] * n)
+        per_shot = len(start.get("led_patterns") or [None])
+        if frames and per_shot != frames[0].ndim - 2:
+            raise ValueError(
+                "Training runs mix single frames and frame pairs; train one model per kind."
+            )
+        n -= n % per_shot  # a pair cut short by an interruption is not a pair
+        if per_shot > 1:  # consecutive events are one shot's frames under each pattern
+            frames.append(stack[:n].reshape(n // per_shot, per_shot, *stack.shape[1:]))
+        else:
+            frames.append(stack[:n])
+        labels.append(z[:n:per_shot] - float(start["z_focus_um"]))
+        fovs.extend([str(start.get("fov_id", start["uid"]))] * (n // per_shot))
         uids.append(start["uid"])
         run_optics = {k: start.get("optics", {}).get(k) for k in OPTICS_KEYS}
+        if per_shot > 1:
+            run_optics["led_patterns"] = list(start["led_patterns"])
         if optics and run_optics != optics:
-            differing = [k for k in OPTICS_KEYS if run_optics[k] != optics[k]]
+            differing = [k for k in run_optics if run_optics[k] != optics.get(k)]
             raise ValueError(
                 f"Training runs mix optical configurations ({', '.join(differing)} differ); "
                 "train one model per configuration."
@@ -173,7 +184,14 @@ def train(
         )
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    preprocessing = preprocessing or Preprocessing()
+    pairs = examples.frames.ndim == 4
+    preprocessing = preprocessing or Preprocessing(inputs="pair" if pairs else "frame")
+    if pairs != (preprocessing.inputs == "pair"):
+        raise ValueError(
+            f"The examples are {'frame pairs' if pairs else 'single frames'} but the "
+            f"preprocessing expects inputs={preprocessing.inputs!r}; pass "
+            f"Preprocessing(inputs={'pair' if pairs else 'frame'!r}) or leave it out."
+        )
     is_train, val_fields = _split_by_fov(examples.fov, val_fraction, rng)
     scale = float(np.max(np.abs(examples.defocus_um))) or 1.0
     model = DefocusModel(architecture, preprocessing, label_scale_um=scale)
@@ -222,9 +240,15 @@ def train(
                 # flipping rows is a symmetry of illumination along x; flipping columns is not
                 flip = (torch.rand(len(batch), generator=generator) < 0.5)[mine].to(where)
                 flipped = xb.flip(-2)
-                # the centred FFT's zero row is at crop/2: after a flip it must be rolled back
-                flipped[:, 1] = flipped[:, 1].roll(1, dims=-2)
+                # a centred FFT's (or correlation's) zero row is at crop/2: roll it back
+                for channel in preprocessing.centred_channels:
+                    flipped[:, channel] = flipped[:, channel].roll(1, dims=-2)
                 xb = torch.where(flip[:, None, None, None], flipped, xb)
+                if preprocessing.inputs == "pair":
+                    # a transparent sample shows opposite contrast under the two LEDs: its
+                    # cross-correlation peak is negative at the same displacement
+                    negate = (torch.rand(len(batch), generator=generator) < 0.5)[mine].to(where)
+                    xb = torch.where(negate[:, None, None, None], -xb, xb)
             optimizer.zero_grad()
             loss = loss_fn(stepped(xb), y_train[idx])
             loss.backward()
@@ -252,7 +276,9 @@ def train(
         model.predict_views(examples.frames[~is_train]),
         examples.defocus_um[~is_train],
         fields=len(val_fields),
-        spectra=np.stack([sample_spectrum(f, preprocessing.crop) for f in examples.frames]),
+        spectra=np.stack(
+            [sample_spectrum(preprocessing.first(f), preprocessing.crop) for f in examples.frames]
+        ),
         is_train=is_train,
     )
     if not (math.isfinite(calibration.quantile) and math.isfinite(calibration.novelty_limit)):
@@ -267,6 +293,8 @@ def train(
         "architecture": architecture,
         "preprocessing": preprocessing.to_dict(),
         "optics": examples.optics,
+        "inputs": preprocessing.inputs,
+        "led_patterns": list(examples.optics.get("led_patterns") or []),
         "depth_of_field_um": dof,
         "training_run_uids": examples.run_uids,
         "trained_range_um": [float(examples.defocus_um.min()), float(examples.defocus_um.max())],
