@@ -320,10 +320,12 @@ def cmd_collect(args) -> int:
     from bluesky import RunEngine
 
     from .catalog import subscribe_catalog
+    from .dual_led import mirrored_patterns
     from .learned import collect_training_set
 
     catalog = _open(args)
     mic = _simulated_microscope(args)
+    pairs = mirrored_patterns(mic.led) if args.pairs else None
     RE = RunEngine({}, call_returns_result=True)
     subscribe_catalog(RE, catalog, cameras=[mic.camera])
     bar, progress = _progress_callback(2 * args.fields, "collecting (sweep + shots per field)")
@@ -337,6 +339,7 @@ def cmd_collect(args) -> int:
             mic.fov,
             fields,
             shots_per_field=args.shots,
+            pair_patterns=pairs,
             training_set=args.training_set,
             seed=args.seed,
             md={"sample": args.sample},
@@ -412,7 +415,8 @@ def cmd_train(args) -> int:
     path = model.save(args.out)
     v = model.metadata["validation"]
     print(
-        f"{model.architecture} trained on {len(examples)} frames from {len(runs)} fields; "
+        f"{model.architecture} trained on {len(examples)} {'frame pairs' if model.shots == 2 else 'frames'} "
+        f"from {len(runs)} fields; "
         f"validation on unseen fields: MAE {v['mae_um']:.2f} µm ({v['mae_dof']:.2f} DOF), "
         f"RMSE {v['rmse_um']:.2f} µm ({v['rmse_dof']:.2f} DOF); "
         f"{model.metadata['training_time_s']:.0f} s on {model.metadata['device']}\nsaved to {path}"
@@ -616,6 +620,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=30, help="off-axis shots per field (default 30)")
     p.add_argument("--training-set", default="default", help="tag of the set (default 'default')")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample and offsets")
+    p.add_argument(
+        "--pairs",
+        action="store_true",
+        help="a pair of frames per shot under two mirrored LEDs (for a model that generalises "
+        "to unseen samples; `autofocus train` then trains a pair model)",
+    )
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("train", help="train a defocus model on a collected training set")
