@@ -414,8 +414,9 @@ def cmd_train(args) -> int:
             dist.destroy_process_group()
     path = model.save(args.out)
     v = model.metadata["validation"]
+    kind = "frame pairs" if model.shots == 2 else "frames"
     print(
-        f"{model.architecture} trained on {len(examples)} {'frame pairs' if model.shots == 2 else 'frames'} "
+        f"{model.architecture} trained on {len(examples)} {kind} "
         f"from {len(runs)} fields; "
         f"validation on unseen fields: MAE {v['mae_um']:.2f} µm ({v['mae_dof']:.2f} DOF), "
         f"RMSE {v['rmse_um']:.2f} µm ({v['rmse_dof']:.2f} DOF); "
