@@ -7,8 +7,9 @@ pair of frames, one under each of two LEDs mirrored about the axis at 0.75 of
 the objective NA (``mirrored_patterns``). A sample ``dz`` from focus appears
 displaced between the two frames by a distance proportional to ``dz`` whatever
 the sample, and the CNN sees that displacement as the pair's cross-correlation
-(``Preprocessing(inputs="pair")``); the FourierMLP baseline gets both frames'
-pooled log|FFT| (magnitudes only, so not the displacement); the physics
+(``Preprocessing(inputs="pair")``, with coordinate channels: CoordConv); the
+FourierMLP baseline gets both frames' pooled log|FFT| (magnitudes only, so not
+the displacement); the physics
 estimator ``DualLEDDefocus`` reads the displacement with no training.
 
 Training fields are randomised (domain randomisation): each has a random stain
@@ -96,7 +97,6 @@ def _exposure_for(mic, pattern: str, target_level: float = 0.5) -> float:
 def run(quick: bool) -> str:
     from autofocus_plans import dual_led_model
     from devices import SAMPLE_FAMILIES, Objective, ProceduralSample, SimMicroscope
-    from models.preprocessing import Preprocessing
     from models.training import DefocusExamples, train
 
     cfg = _config(quick)
@@ -147,7 +147,6 @@ def run(quick: bool) -> str:
                         crops_per_frame=cfg["crops"],
                         seed=seed,
                         progress=False,
-                        preprocessing=Preprocessing(inputs="pair"),
                     )
                     train_seconds.append((arch, time.perf_counter() - t0))
                     runs.append(_metrics(labels, model.predict(frames), dof))
@@ -193,7 +192,8 @@ def run(quick: bool) -> str:
         + f"; per family {cfg['train_fields']} randomised training fields and "
         f"{cfg['test_fields']} held-out fields, 4 crops per real image, {cfg['shots']} pairs "
         f"per field at U(-6, 6) DOF; `models.train(..., epochs={cfg['epochs']}, "
-        f"crops_per_frame={cfg['crops']}, seed=s, preprocessing=Preprocessing(inputs='pair'))` "
+        f"crops_per_frame={cfg['crops']}, seed=s)` (pairs: `Preprocessing.default_for`, a "
+        "192-pixel crop, lags within ±64 pixels) "
         f"for s in {list(cfg['seeds'])}, on the CPU; median training time "
         + ", ".join(f"{a} {s:.0f} s" for a, s in per_arch.items())
         + f". {elapsed:.0f} s in all. *Unfamiliar*: share of held-out pairs whose novelty is "

@@ -48,8 +48,14 @@ class DefocusCNN(nn.Module):
     (:class:`~models.preprocessing.Preprocessing`).
     """
 
-    def __init__(self, crop: int = 128, width: int = 16) -> None:
+    def __init__(
+        self, crop: int = 128, width: int = 16, coordinates: bool = False, channels: int = 2
+    ) -> None:
         super().__init__()
+        # where a correlation peak lies is the answer: coordinate channels let the
+        # convolutions say where they are (CoordConv)
+        self.coordinates = coordinates
+        channels += 2 if coordinates else 0
 
         def block(cin: int, cout: int, k: int) -> list[nn.Module]:
             return [
@@ -59,7 +65,7 @@ class DefocusCNN(nn.Module):
             ]
 
         self.features = nn.Sequential(
-            *block(2, width, 5),
+            *block(channels, width, 5),
             *block(width, 2 * width, 3),
             *block(2 * width, 4 * width, 3),
             *block(4 * width, 4 * width, 3),
@@ -74,6 +80,12 @@ class DefocusCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.coordinates:
+            n, _, h, w = x.shape
+            rows = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
+            cols = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
+            grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"))
+            x = torch.cat([x, grid.expand(n, -1, -1, -1)], dim=1)
         return self.head(self.features(x)).squeeze(-1)
 
 
@@ -100,7 +112,11 @@ ARCHITECTURES = ("DefocusCNN", "FourierMLP")
 
 def _build(architecture: str, preprocessing: Preprocessing) -> nn.Module:
     if architecture == "DefocusCNN":
-        return DefocusCNN(crop=preprocessing.crop)
+        return DefocusCNN(
+            crop=preprocessing.crop,
+            coordinates=preprocessing.inputs == "pair",
+            channels=preprocessing.channel_count,
+        )
     if architecture == "FourierMLP":
         return FourierMLP(features=preprocessing.fft_feature_count)
     raise ValueError(f"Unknown architecture {architecture!r}; choose one of {ARCHITECTURES}.")

@@ -16,12 +16,17 @@ __all__ = ["INPUTS", "Preprocessing"]
 INPUTS = ("frame", "pair")
 
 
-def _centred_correlation(a: np.ndarray, b: np.ndarray, whiten: bool = False) -> np.ndarray:
-    """Linear cross-correlation ``c[d] = sum a(x) b(x + d)`` at lags within half a crop.
+def _centred_correlation(
+    a: np.ndarray, b: np.ndarray, lags: int, whiten: bool = False
+) -> np.ndarray:
+    """Linear cross-correlation ``c[d] = sum a(x) b(x + d)`` at lags within ±``lags // 2``.
 
-    ``(crop, crop)``, zero lag at ``[crop // 2, crop // 2]`` (where a centred
+    ``(lags, lags)``, zero lag at ``[lags // 2, lags // 2]`` (where a centred
     FFT has its zero frequency), scaled so that its largest magnitude is 1:
-    the sample's brightness and contrast drop out, the shape stays.
+    the sample's brightness and contrast drop out, the shape stays. ``whiten``
+    divides the cross-power spectrum by its magnitude (plus the median
+    magnitude, so noise-only frequencies stay small): a phase correlation, whose
+    peak is sharp whatever the sample's own spectrum.
     """
     crop = a.shape[-1]
     size = (2 * crop, 2 * crop)  # zero-padded: no wrap-around
@@ -30,9 +35,9 @@ def _centred_correlation(a: np.ndarray, b: np.ndarray, whiten: bool = False) -> 
         magnitude = np.abs(spectrum)
         spectrum = spectrum / (magnitude + np.median(magnitude))
     full = np.fft.fftshift(np.fft.irfft2(spectrum, s=size))
-    lags = full[crop - crop // 2 : crop + crop // 2, crop - crop // 2 : crop + crop // 2]
-    peak = float(np.max(np.abs(lags)))
-    return (lags / peak if peak > 0 else lags).astype(np.float32)
+    window = full[crop - lags // 2 : crop + lags // 2, crop - lags // 2 : crop + lags // 2]
+    peak = float(np.max(np.abs(window)))
+    return (window / peak if peak > 0 else window).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -49,14 +54,15 @@ class Preprocessing:
     under two mirrored off-axis LEDs. A sample ``dz`` from focus appears
     displaced between them by a distance proportional to ``dz`` whatever the
     sample, so the CNN sees that displacement directly: its channels are the
-    cross-correlation of the two (tapered) crops and the autocorrelation of
-    the first (the sample's own correlation shape) at lags within half a crop.
-    The fully connected baseline gets both frames' pooled log|FFT|.
+    cross-correlation of the two (tapered) crops and their phase correlation,
+    at lags within ±``lags / 2`` pixels. The fully connected baseline gets both
+    frames' pooled log|FFT|.
     """
 
     crop: int = 128
     fft_pool: int = 4
     inputs: str = "frame"
+    lags: int = 128
 
     def __post_init__(self) -> None:
         if self.crop < 16 or self.crop % self.fft_pool:
@@ -64,8 +70,25 @@ class Preprocessing:
                 f"Preprocessing crop must be >= 16 and a multiple of fft_pool "
                 f"({self.fft_pool}), got crop={self.crop}."
             )
+        if self.inputs == "pair" and not 16 <= self.lags <= self.crop:
+            raise ValueError(
+                f"Preprocessing lags (the correlation map's side) must be from 16 to the crop "
+                f"({self.crop}), got {self.lags}."
+            )
         if self.inputs not in INPUTS:
             raise ValueError(f"Preprocessing inputs must be one of {INPUTS}, got {self.inputs!r}.")
+
+    @classmethod
+    def default_for(cls, frames: np.ndarray) -> Preprocessing:
+        """The default for a training set: frames ``(N, H, W)`` or pairs ``(N, 2, H, W)``.
+
+        Pairs get a larger crop (up to 192 pixels): far from focus the two frames are
+        displaced by tens of pixels and a larger crop keeps more of them overlapping.
+        """
+        if frames.ndim != 4:
+            return cls()
+        crop = min(192, min(frames.shape[-2:]) // 16 * 16)
+        return cls(crop=max(crop, 16), inputs="pair", lags=min(128, max(crop, 16)))
 
     @property
     def frame_ndim(self) -> int:
@@ -74,8 +97,18 @@ class Preprocessing:
 
     @property
     def centred_channels(self) -> tuple[int, ...]:
-        """Channels whose origin sits at ``crop // 2`` (a flip must roll them back by one)."""
+        """Channels whose origin sits at the middle row (a flip must roll them back by one)."""
         return (1,) if self.inputs == "frame" else (0, 1)
+
+    @property
+    def channel_count(self) -> int:
+        """Channels of :meth:`channels`."""
+        return 2
+
+    @property
+    def signed_channels(self) -> tuple[int, ...]:
+        """Channels that change sign when one frame of a pair inverts its contrast."""
+        return () if self.inputs == "frame" else (0, 1)
 
     def first(self, frame: ArrayLike) -> np.ndarray:
         """The frame itself, or the first of a pair (for per-sample figures)."""
@@ -127,7 +160,12 @@ class Preprocessing:
         # tapered: the crop's edges would otherwise correlate as structure at every lag
         taper = np.sqrt(np.outer(np.hanning(self.crop), np.hanning(self.crop)))
         a, b = ((x - x.mean()) * taper for x in image)
-        return np.stack([_centred_correlation(a, b), _centred_correlation(a, b, whiten=True)])
+        return np.stack(
+            [
+                _centred_correlation(a, b, self.lags),
+                _centred_correlation(a, b, self.lags, whiten=True),
+            ]
+        )
 
     def fft_features(self, frame: ArrayLike, at: tuple[int, int] | None = None) -> np.ndarray:
         image = self.image(frame, at)

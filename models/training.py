@@ -185,7 +185,7 @@ def train(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     pairs = examples.frames.ndim == 4
-    preprocessing = preprocessing or Preprocessing(inputs="pair" if pairs else "frame")
+    preprocessing = preprocessing or Preprocessing.default_for(examples.frames)
     if pairs != (preprocessing.inputs == "pair"):
         raise ValueError(
             f"The examples are {'frame pairs' if pairs else 'single frames'} but the "
@@ -244,11 +244,15 @@ def train(
                 for channel in preprocessing.centred_channels:
                     flipped[:, channel] = flipped[:, channel].roll(1, dims=-2)
                 xb = torch.where(flip[:, None, None, None], flipped, xb)
-                if preprocessing.inputs == "pair":
+                if preprocessing.signed_channels:
                     # a transparent sample shows opposite contrast under the two LEDs: its
                     # cross-correlation peak is negative at the same displacement
                     negate = (torch.rand(len(batch), generator=generator) < 0.5)[mine].to(where)
-                    xb = torch.where(negate[:, None, None, None], -xb, xb)
+                    signed = list(preprocessing.signed_channels)
+                    xb = xb.clone()
+                    xb[:, signed] = torch.where(
+                        negate[:, None, None, None], -xb[:, signed], xb[:, signed]
+                    )
             optimizer.zero_grad()
             loss = loss_fn(stepped(xb), y_train[idx])
             loss.backward()
