@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from ._common import table
-from .bench_generalisation import OBJECTIVES, _cell, _metrics, real_images
+from .bench_generalisation import OBJECTIVES, _cell, _fitted, _metrics, real_images
 
 SEED = 20261204
 ARCHS = ("DefocusCNN", "FourierMLP")
@@ -97,7 +97,6 @@ def _exposure_for(mic, pattern: str, target_level: float = 0.5) -> float:
 def run(quick: bool) -> str:
     from autofocus_plans import dual_led_model
     from devices import SAMPLE_FAMILIES, Objective, ProceduralSample, SimMicroscope
-    from models.training import DefocusExamples, train
 
     cfg = _config(quick)
     rng = np.random.default_rng(SEED)
@@ -129,25 +128,12 @@ def run(quick: bool) -> str:
         for held, families in evaluations:
             frames, labels, _ = held_out[held]
             zero = _metrics(labels, np.zeros_like(labels), dof)["mae"]
-            examples = DefocusExamples(
-                np.concatenate([training[f][0] for f in families]),
-                np.concatenate([training[f][1] for f in families]),
-                np.concatenate([training[f][2] for f in families]),
-                depth_of_field_um=dof,
-            )
             results = {}
             for arch in ARCHS:
                 runs, unfamiliar = [], []
                 for seed in cfg["seeds"]:
                     t0 = time.perf_counter()
-                    model = train(
-                        examples,
-                        arch,
-                        epochs=cfg["epochs"][arch],
-                        crops_per_frame=cfg["crops"],
-                        seed=seed,
-                        progress=False,
-                    )
+                    model = _fitted(training, families, arch, seed, cfg, dof)
                     train_seconds.append((arch, time.perf_counter() - t0))
                     runs.append(_metrics(labels, model.predict(frames), dof))
                     if arch == "DefocusCNN":

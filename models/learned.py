@@ -44,18 +44,16 @@ class DefocusCNN(nn.Module):
     """Small CNN over two channels -> signed defocus.
 
     The channels are the normalised image and its log|FFT|, or for a pair of
-    frames their cross-correlation and the first's autocorrelation
+    frames their cross-correlation and phase correlation
     (:class:`~models.preprocessing.Preprocessing`).
     """
 
-    def __init__(
-        self, crop: int = 128, width: int = 16, coordinates: bool = False, channels: int = 2
-    ) -> None:
+    def __init__(self, crop: int = 128, width: int = 16, coordinates: bool = False) -> None:
         super().__init__()
         # where a correlation peak lies is the answer: coordinate channels let the
         # convolutions say where they are (CoordConv)
         self.coordinates = coordinates
-        channels += 2 if coordinates else 0
+        channels = 4 if coordinates else 2
 
         def block(cin: int, cout: int, k: int) -> list[nn.Module]:
             return [
@@ -112,11 +110,7 @@ ARCHITECTURES = ("DefocusCNN", "FourierMLP")
 
 def _build(architecture: str, preprocessing: Preprocessing) -> nn.Module:
     if architecture == "DefocusCNN":
-        return DefocusCNN(
-            crop=preprocessing.crop,
-            coordinates=preprocessing.inputs == "pair",
-            channels=preprocessing.channel_count,
-        )
+        return DefocusCNN(crop=preprocessing.crop, coordinates=preprocessing.inputs == "pair")
     if architecture == "FourierMLP":
         return FourierMLP(features=preprocessing.fft_feature_count)
     raise ValueError(f"Unknown architecture {architecture!r}; choose one of {ARCHITECTURES}.")

@@ -101,11 +101,6 @@ class Preprocessing:
         return (1,) if self.inputs == "frame" else (0, 1)
 
     @property
-    def channel_count(self) -> int:
-        """Channels of :meth:`channels`."""
-        return 2
-
-    @property
     def signed_channels(self) -> tuple[int, ...]:
         """Channels that change sign when one frame of a pair inverts its contrast."""
         return () if self.inputs == "frame" else (0, 1)
