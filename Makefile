@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint format clean
+.PHONY: demo test bench models lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+# the general pair models in models/shipped (cnn_focus's default), rebuilt from simulated fields
+models: $(STAMP)
+	$(BIN)/autofocus build-models
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -42,6 +42,8 @@ _EXPORTS = {
     "collect_training_set": "learned",
     "depth_of_field_from_devices": "stubs",
     "track_focus": "learned",
+    "build_shipped_models": "shipped",
+    "shipped_model_for": "shipped",
     "PeakFit": "peak",
     "PeakVerdict": "peak",
     "assess_peak": "peak",
@@ -73,6 +75,7 @@ __all__ = [
     "assess_peak",
     "auto_exposure",
     "brenner_sweep",
+    "build_shipped_models",
     "check_model_optics",
     "cnn_focus",
     "collect_training_set",
@@ -99,6 +102,7 @@ __all__ = [
     "recover_runs",
     "replay",
     "run_stop",
+    "shipped_model_for",
     "subscribe_catalog",
     "tile_scan",
     "track_focus",
@@ -130,6 +134,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         run_stop,
     )
     from .results import FocusResult, NoFocusFound
+    from .shipped import build_shipped_models, shipped_model_for
     from .stubs import depth_of_field_from_devices
 
 

@@ -384,6 +384,44 @@ def _torchrun(nproc: int, argv: list[str]) -> int:
     return subprocess.run(command).returncode
 
 
+def _objective(text: str) -> tuple[float, float]:
+    """``20x/0.4`` -> (20.0, 0.4)."""
+    try:
+        magnification, na = text.lower().split("x/")
+        return float(magnification), float(na)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an objective; write it as MAGNIFICATIONx/NA, e.g. 20x/0.4."
+        ) from None
+
+
+def cmd_build_models(args) -> int:
+    import models
+
+    from .shipped import SHIPPED_OBJECTIVES, build_shipped_models, figures_table
+
+    models.resolve_device(args.device)  # no GPU for --device cuda: say so before rendering
+    paths = build_shipped_models(
+        args.objective or SHIPPED_OBJECTIVES,
+        out_dir=args.out_dir,
+        fields=args.fields,
+        shots_per_field=args.shots,
+        epochs=args.epochs,
+        seed=args.seed,
+        device=args.device,
+        evaluation_fields=args.evaluation_fields,
+    )
+    for path in paths:
+        model = models.load_model(path)
+        v = model.metadata["validation"]
+        print(
+            f"{path}: validation MAE {v['mae_dof']:.2f} DOF, RMSE {v['rmse_dof']:.2f} DOF, "
+            f"{model.metadata['training_time_s']:.0f} s of training on {model.metadata['device']}"
+        )
+        print(figures_table(model))
+    return 0
+
+
 def cmd_train(args) -> int:
     if args.nproc != 1 and "LOCAL_RANK" not in os.environ:
         return _torchrun(args.nproc, args.argv)
@@ -652,6 +690,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="train in this many processes on this machine (torchrun, DistributedDataParallel)",
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "build-models",
+        help="rebuild the shipped general pair models from domain-randomised simulated fields",
+        description="Render randomised fields with the simulator, train one pair model per "
+        "objective, measure it on fresh fields of every family and on real images, and save it "
+        "with its recipe and figures (by default into models/shipped, where cnn_focus finds it).",
+    )
+    p.add_argument(
+        "--objective",
+        type=_objective,
+        action="append",
+        help="MAGNIFICATIONx/NA, repeatable (default: 20x/0.4 and 10x/0.25)",
+    )
+    p.add_argument("--fields", type=int, default=120, help="randomised fields (default 120)")
+    p.add_argument("--shots", type=int, default=24, help="pairs per field (default 24)")
+    p.add_argument("--epochs", type=int, default=15, help="most epochs (default 15)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="where to train")
+    p.add_argument(
+        "--evaluation-fields",
+        type=int,
+        default=4,
+        help="fresh fields per family (and crops per real image) measured (default 4)",
+    )
+    p.add_argument("--out-dir", help="folder for the checkpoints (default models/shipped)")
+    p.set_defaults(func=cmd_build_models)
 
     p = sub.add_parser("evaluate", help="evaluate a model on held-out runs; report and plots")
     _catalog_arg(p)

@@ -67,7 +67,13 @@ def run_demo(
     from rich.table import Table
 
     import models
-    from devices import FocalSurface, SimMicroscope, SlideSample
+    from devices import (
+        SAMPLE_FAMILIES,
+        FocalSurface,
+        SimMicroscope,
+        SlideSample,
+        exposure_for_level,
+    )
 
     from .brenner import brenner_sweep, fast_focus
     from .catalog import frames_dir_for, open_catalog, subscribe_catalog
@@ -76,6 +82,7 @@ def run_demo(
     from .learned import cnn_focus, collect_training_set, track_focus
     from .mapping import focus_map, tile_scan
     from .plots import (
+        plot_calibration,
         plot_focus_curve,
         plot_focus_map,
         plot_image_series,
@@ -83,6 +90,7 @@ def run_demo(
         plot_trajectory,
     )
     from .replay import load_table
+    from .shipped import shipped_model_for
 
     console = Console()
     settings = DemoSettings.for_mode(fast)
@@ -220,6 +228,44 @@ def run_demo(
         result = RE(dual_led_focus(mic.camera, mic.z, mic.led, md={"sample": sample})).plan_result
         name = "dual_led_focus" + (" (fell back)" if result.fell_back else "")
         record(name, result, mic.true_focus())
+
+    # the same fields, and a field of every other family, with the shipped general model
+    step("CNN focus with the shipped pair model (no training here) on every sample family")
+    shipped = shipped_model_for(mic.camera, mic.led)
+    rng = np.random.default_rng(seed + 2)
+    for family in SAMPLE_FAMILIES:
+        for k in range(max(1, settings.cnn_trials // 2)):
+            mic.set_sample(family, seed=2000 + k)
+            mic.z.set(mic.true_focus() + rng.uniform(-4, 4) * dof).wait()
+            result = RE(
+                cnn_focus(mic.camera, mic.z, mic.led, shipped, md={"sample": f"{family}:{k}"})
+            ).plan_result
+            name = "cnn_focus, shipped pairs" + (" (fell back)" if result.fell_back else "")
+            record(name, result, mic.true_focus())
+    calibration: dict[str, tuple[list[float], list[float]]] = {}
+    exposure = mic.camera.exposure_time.get()
+    for family in SAMPLE_FAMILIES:  # fresh fields: the intervals against the actual errors
+        mic.set_sample(family, seed=3000)
+        mic.camera.exposure_time.put(exposure_for_level(mic, shipped.patterns[0], 0.5))
+        widths, errors = calibration.setdefault(family, ([], []))
+        for dz in rng.uniform(-5, 5, settings.cnn_trials * 3) * dof:
+            mic.z.set(mic.true_focus() + dz).wait()
+            pair = []
+            for pattern in shipped.patterns:
+                mic.led.set(pattern).wait()
+                pair.append(mic.camera.snap().copy())
+            estimate = shipped.estimate(np.stack(pair))
+            widths.append(estimate.interval_um)
+            errors.append(abs(estimate.defocus_um - dz))
+    mic.led.set("brightfield").wait()
+    mic.camera.exposure_time.put(exposure)
+    plot_calibration(
+        calibration,
+        output / "calibration.png",
+        dof_um=dof,
+        coverage=shipped.calibration.coverage,
+        title=f"Shipped pair model: stated {shipped.calibration.coverage:.0%} intervals",
+    )
 
     # 5. drift tracking
     step(

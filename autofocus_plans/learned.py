@@ -21,6 +21,7 @@ import numpy as np
 from bluesky.protocols import Movable, Readable
 
 from .brenner import brenner_sweep
+from .exposure import auto_exposure
 from .fallback import check_fallback, fall_back
 from .results import FocusResult, NumbersReading, emit_focus_result, optics_metadata
 from .stubs import approach, depth_of_field_from_devices, stage_field, stage_limits
@@ -232,7 +233,15 @@ def check_model_optics(model, camera, led, pattern: str) -> None:
             )
 
 
-def _resolve_model(model):
+#: ``cnn_focus(model=SHIPPED)``: the general pair model shipped for the devices' optics
+SHIPPED = "shipped"
+
+
+def _resolve_model(model, camera=None, led=None):
+    if isinstance(model, str) and model == SHIPPED and camera is not None:
+        from .shipped import shipped_model_for
+
+        return shipped_model_for(camera, led)
     if isinstance(model, str | os.PathLike):
         from models import load_model
 
@@ -280,7 +289,7 @@ def cnn_focus(
     camera: Readable,
     stage: Movable,
     led: Movable,
-    model: str = "model.safetensors",
+    model: str = SHIPPED,
     *,
     max_shots: int = 2,
     tolerance_um: float = 1.0,
@@ -288,7 +297,7 @@ def cnn_focus(
     max_interval_um: float | None = None,
     fallback: str = "fast_focus",
     off_axis_pattern: str = "off_axis",
-    off_axis_exposure_s: float = 0.25,
+    off_axis_exposure_s: float | None = None,
     approach_um: float = 5.0,
     md: dict | None = None,
 ):
@@ -326,7 +335,9 @@ def cnn_focus(
     led : Movable
         LED illumination, restored on exit.
     model : str, path or DefocusModel
-        Checkpoint path (or a loaded model).
+        Checkpoint path, a loaded model, or ``"shipped"`` (the default): the
+        general pair model shipped for the devices' optics
+        (:func:`~autofocus_plans.shipped.shipped_model_for`).
     max_shots : int
         1 (predict and move) or 2 (also confirm, and correct a small residual).
     tolerance_um : float
@@ -339,9 +350,13 @@ def cnn_focus(
         agreement band. Checkpoints without a calibration are not checked.
     fallback : str
         ``"fast_focus"``, ``"brenner_sweep"`` or ``"none"`` (raise instead).
-    off_axis_pattern, off_axis_exposure_s : str, float
-        Illumination and exposure of the shots (must match the model's
-        training); a model of pairs uses its own two patterns instead.
+    off_axis_pattern, off_axis_exposure_s : str, float or None
+        Illumination and exposure of the shots; a model of pairs uses its own
+        two patterns instead. A single-frame model needs the exposure it was
+        trained at (None: 0.25 s, ``collect_training_set``'s default); a pair
+        model normalises brightness away, so None sets the exposure from
+        preview frames under its first LED (``auto_exposure``, counted in
+        ``exposures``).
     approach_um : float
         Overshoot below a target before the final upward approach.
     md : dict, optional
@@ -354,9 +369,12 @@ def cnn_focus(
     if max_shots not in (1, 2):
         raise ValueError(f"max_shots must be 1 or 2, got {max_shots}.")
     check_fallback(fallback)
-    model = _resolve_model(model)
+    model = _resolve_model(model, camera, led)
     patterns = _model_patterns(model, off_axis_pattern)
     check_model_optics(model, camera, led, PAIR_SEPARATOR.join(patterns))
+    preview_exposure = off_axis_exposure_s is None and len(patterns) > 1
+    if off_axis_exposure_s is None and not preview_exposure:
+        off_axis_exposure_s = 0.25
     dof = depth_of_field_from_devices(camera, led)
     low_range, high_range = model.trained_range_um
     p95 = model.metadata.get("validation", {}).get("p95_um")
@@ -396,7 +414,7 @@ def cnn_focus(
     def shots():
         t0 = time.monotonic()
         yield from apply()
-        exposures = 0
+        exposures = checked[0].frames if checked else 0  # the previews are exposures too
         predictions = []
         reading = NumbersReading(
             "prediction",
@@ -508,16 +526,28 @@ def cnn_focus(
                 "predictions_um": predictions,
                 "intervals_um": intervals,
                 "reason": state["reason"],
+                "exposure_checks": checked[0].frames if checked else 0,
             },
         )
         yield from emit_focus_result(result)
         state["result"] = result
 
+    checked: list = []  # the exposure check's previews, before the run (not data)
+
+    def previewed():
+        if preview_exposure:
+            yield from bps.mv(led, patterns[0])
+            check = yield from auto_exposure(camera, stream=None)
+            checked.append(check)
+            _md["exposure_checks"] = check.frames
+        _md["exposure_s"] = float(camera.exposure_time.get())
+        return (yield from shots())
+
     def back_to_origin(exc):
         yield from approach(stage, origin, approach_um)
 
     uid = yield from bpp.contingency_wrapper(
-        shots(), except_plan=back_to_origin, final_plan=restore
+        previewed(), except_plan=back_to_origin, final_plan=restore
     )
     result: FocusResult = state["result"]
     result.run_uid = uid or ""
@@ -569,7 +599,9 @@ def track_focus(
     camera, stage, led : devices
         As for :func:`cnn_focus`.
     model : str, path or DefocusModel
-        Checkpoint path (or a loaded model).
+        Checkpoint path, a loaded model, or ``"shipped"`` (the default): the
+        general pair model shipped for the devices' optics
+        (:func:`~autofocus_plans.shipped.shipped_model_for`).
     num : int
         Number of time points.
     interval_s : float

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "plot_calibration",
     "plot_focus_curve",
     "plot_focus_map",
     "plot_image_series",
@@ -119,6 +120,34 @@ def plot_predictions(
     ax.hist(predicted_um - true_um, bins=30)
     ax.set_xlabel("error (µm)")
     ax.set_ylabel("count")
+    return _save(plt, fig, path)
+
+
+def plot_calibration(
+    sets: dict[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    *,
+    dof_um: float,
+    coverage: float,
+    title: str = "",
+) -> Path:
+    """Each prediction's stated interval half-width against its actual error (DOF).
+
+    ``sets`` maps a label to (half-widths µm, absolute errors µm). A calibrated
+    interval keeps ``coverage`` of the points on or below the diagonal.
+    """
+    plt, fig = _figure(figsize=(5.5, 4.8))
+    ax = fig.add_subplot(1, 1, 1)
+    top = 0.0
+    for label, (half_width, error) in sets.items():
+        w, e = np.asarray(half_width) / dof_um, np.asarray(error) / dof_um
+        ax.plot(w, e, ".", ms=5, alpha=0.7, label=f"{label}: {np.mean(e <= w):.0%} covered")
+        top = max(top, float(np.max(w, initial=0)), float(np.max(e, initial=0)))
+    ax.plot([0, top], [0, top], "k--", lw=1, label="error = half-width")
+    ax.set_xlabel("interval half-width (DOF)")
+    ax.set_ylabel("|predicted − true defocus| (DOF)")
+    ax.set_title(title or f"Stated {coverage:.0%} intervals against actual errors")
+    ax.legend(fontsize=7)
     return _save(plt, fig, path)
 
 

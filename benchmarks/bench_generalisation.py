@@ -54,24 +54,9 @@ def _config(quick: bool) -> dict:
 
 def real_images() -> dict[str, list]:
     """Crops of scikit-image's bundled micrographs as samples, four per image."""
-    from skimage import color, data
+    from autofocus_plans.shipped import real_image_samples
 
-    from devices import ImageSample
-
-    cell = data.cell().astype(float)
-    ihc = color.rgb2gray(data.immunohistochemistry()).astype(float)
-    samples: dict[str, list] = {"real: cell (phase)": [], "real: ihc (stained tissue)": []}
-    for image, name in ((cell, "real: cell (phase)"), (ihc, "real: ihc (stained tissue)")):
-        h, w = image.shape
-        for y, x in ((0, 0), (0, w - 256), (h - 256, 0), (h - 256, w - 256)):
-            crop = image[y : y + 256, x : x + 256]
-            norm = (crop - crop.min()) / max(np.ptp(crop), 1e-9)
-            if "cell" in name:  # transparent cells: mostly phase, a little absorption
-                sample = ImageSample(1 - 0.4 * norm, 1.2 * norm, pixel_size_um=0.5, label=name)
-            else:  # stain absorbs: transmitted amplitude from the brightness
-                sample = ImageSample(0.15 + 0.85 * norm, pixel_size_um=0.5, label=name)
-            samples[name].append(sample)
-    return samples
+    return real_image_samples()
 
 
 def _shots(mic, samples, shots: int, rng: np.random.Generator):

@@ -15,6 +15,12 @@ from .samples import SAMPLE_FAMILIES, ImageSample, ProceduralSample, Sample, ZSt
 from .simulator import FocusState, OpticalModel
 from .slide import FocalSurface, SimXYStage, SlideSample
 from .stage import SimZStage
+from .training_data import (
+    LayeredSample,
+    RandomisedExamples,
+    exposure_for_level,
+    randomised_examples,
+)
 
 __all__ = [
     "HDF5_DATASET",
@@ -26,9 +32,11 @@ __all__ = [
     "ImageSample",
     "LEDArray",
     "LEDIllumination",
+    "LayeredSample",
     "Objective",
     "OpticalModel",
     "ProceduralSample",
+    "RandomisedExamples",
     "Sample",
     "SimCamera",
     "SimFieldOfView",
@@ -40,5 +48,7 @@ __all__ = [
     "ZStackSample",
     "angle_pattern",
     "depth_of_field_um",
+    "exposure_for_level",
     "led_index_pattern",
+    "randomised_examples",
 ]

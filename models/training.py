@@ -237,22 +237,7 @@ def train(
             idx = batch[mine]
             xb = x_train[idx]
             if architecture == "DefocusCNN":
-                # flipping rows is a symmetry of illumination along x; flipping columns is not
-                flip = (torch.rand(len(batch), generator=generator) < 0.5)[mine].to(where)
-                flipped = xb.flip(-2)
-                # a centred FFT's (or correlation's) zero row is at crop/2: roll it back
-                for channel in preprocessing.centred_channels:
-                    flipped[:, channel] = flipped[:, channel].roll(1, dims=-2)
-                xb = torch.where(flip[:, None, None, None], flipped, xb)
-                if preprocessing.signed_channels:
-                    # a transparent sample shows opposite contrast under the two LEDs: its
-                    # cross-correlation peak is negative at the same displacement
-                    negate = (torch.rand(len(batch), generator=generator) < 0.5)[mine].to(where)
-                    signed = list(preprocessing.signed_channels)
-                    xb = xb.clone()
-                    xb[:, signed] = torch.where(
-                        negate[:, None, None, None], -xb[:, signed], xb[:, signed]
-                    )
+                xb = augment(xb, preprocessing, generator, draws=len(batch), mine=mine)
             optimizer.zero_grad()
             loss = loss_fn(stepped(xb), y_train[idx])
             loss.backward()
@@ -301,6 +286,10 @@ def train(
         "led_patterns": list(examples.optics.get("led_patterns") or []),
         "depth_of_field_um": dof,
         "training_run_uids": examples.run_uids,
+        # where the frames came from; generated frames say so (e.g. the shipped models')
+        "provenance": {"source": "catalogue", "run_uids": len(examples.run_uids)}
+        if examples.run_uids
+        else {"source": "arrays"},
         "trained_range_um": [float(examples.defocus_um.min()), float(examples.defocus_um.max())],
         "validation": validation,
         "validation_fields": val_fields,
@@ -314,6 +303,40 @@ def train(
         "device": str(where),
     }
     return model
+
+
+def augment(
+    xb: torch.Tensor,
+    preprocessing: Preprocessing,
+    generator: torch.Generator,
+    *,
+    draws: int | None = None,
+    mine: slice = slice(None),
+) -> torch.Tensor:
+    """A batch of CNN inputs under random symmetries of the illumination (training only).
+
+    Each input's rows are flipped with probability 1/2 and, for pairs, its
+    signed channels negated with probability 1/2. ``draws`` random numbers of
+    each kind are drawn from ``generator`` (the whole batch when several
+    processes share it; default ``len(xb)``) and ``mine`` picks this
+    process's share of them.
+    """
+    draws = len(xb) if draws is None else draws
+    # flipping rows is a symmetry of illumination along x; flipping columns is not
+    flip = (torch.rand(draws, generator=generator) < 0.5)[mine].to(xb.device)
+    flipped = xb.flip(-2)
+    # a centred FFT's (or correlation's) zero row is at crop/2: roll it back
+    for channel in preprocessing.centred_channels:
+        flipped[:, channel] = flipped[:, channel].roll(1, dims=-2)
+    xb = torch.where(flip[:, None, None, None], flipped, xb)
+    if preprocessing.signed_channels:
+        # a transparent sample shows opposite contrast under the two LEDs: its
+        # cross-correlation peak is negative at the same displacement
+        negate = (torch.rand(draws, generator=generator) < 0.5)[mine].to(xb.device)
+        signed = list(preprocessing.signed_channels)
+        xb = xb.clone()
+        xb[:, signed] = torch.where(negate[:, None, None, None], -xb[:, signed], xb[:, signed])
+    return xb
 
 
 def _rank_and_world() -> tuple[int, int]:

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+
+from devices import (
+    SAMPLE_FAMILIES,
+    LayeredSample,
+    ProceduralSample,
+    SimMicroscope,
+    randomised_examples,
+)
+
+PAIR = ("na:0.3,0", "na:0.3,180")
+
+
+def test_layers_multiply_and_empty_regions_are_bare_glass_of_the_upper_layers():
+    base, upper = ProceduralSample("beads", 1), ProceduralSample("tissue", 2)
+    shape, dx = (128, 128), 0.325
+    full = LayeredSample([base, upper]).transmittance(shape, dx)
+    expected = base.transmittance(shape, dx) * upper.transmittance(shape, dx)
+    assert np.allclose(full, expected, atol=1e-6)
+    sparse = LayeredSample([base, upper], empty_fraction=0.5, seed=3).transmittance(shape, dx)
+    bare = np.isclose(sparse, base.transmittance(shape, dx), atol=1e-4)
+    # about half the field shows the base alone (soft edges blur the boundary)
+    assert 0.3 < bare.mean() < 0.7
+    assert LayeredSample([base, upper]).label.startswith("beads")
+    with pytest.raises(ValueError, match="at least one layer"):
+        LayeredSample([])
+    with pytest.raises(ValueError, match="empty_fraction"):
+        LayeredSample([base], empty_fraction=1.0)
+
+
+def test_randomised_pairs_are_labelled_with_the_true_defocus_and_seeded():
+    a = randomised_examples(PAIR, fields=3, shots_per_field=4, seed=5, progress=False)
+    b = randomised_examples(PAIR, fields=3, shots_per_field=4, seed=5, progress=False)
+    c = randomised_examples(PAIR, fields=3, shots_per_field=4, seed=6, progress=False)
+    assert a.frames.shape == (12, 2, 256, 256) and a.frames.dtype == np.uint16
+    assert np.array_equal(a.frames, b.frames) and np.array_equal(a.defocus_um, b.defocus_um)
+    assert not np.array_equal(a.defocus_um, c.defocus_um)
+    assert len(set(a.fov)) == 3 and np.abs(a.defocus_um).max() <= 6 * a.depth_of_field_um
+    assert a.recipe["patterns"] == list(PAIR) and len(a.samples) == 3
+    # the two frames of a pair differ (two LEDs), and they are real exposures, not blank
+    assert all(not np.array_equal(f[0], f[1]) for f in a.frames)
+    assert a.frames.max() > 500
+
+
+def test_the_label_is_the_signed_distance_from_the_simulators_focal_plane():
+    # the dual-LED physics estimator reads any sample's defocus from the pair's displacement
+    from autofocus_plans import dual_led_model
+
+    mic = SimMicroscope("tissue", time_scale=0)
+    physics = dual_led_model(mic.camera, mic.led)
+    generated = randomised_examples(
+        physics.patterns, fields=3, shots_per_field=8, range_dof=3.0, seed=2, progress=False
+    )
+    estimated = np.array([physics.predict(pair) for pair in generated.frames])
+    error = np.abs(estimated - generated.defocus_um) / mic.depth_of_field_um
+    # a mislabelled sign or offset would put the median error at DOFs, not a fraction of one
+    assert np.median(error) < 0.5, error
+
+
+def test_bad_requests_are_refused_in_one_sentence():
+    with pytest.raises(ValueError, match="Unknown sample families"):
+        randomised_examples(PAIR, families=("stars",), progress=False)
+    with pytest.raises(ValueError, match="at least one LED pattern"):
+        randomised_examples((), progress=False)
+    with pytest.raises(ValueError, match="at least 1"):
+        randomised_examples(PAIR, fields=0, progress=False)
+    assert set(SAMPLE_FAMILIES) >= {"cells", "tissue"}
