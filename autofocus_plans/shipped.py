@@ -13,6 +13,7 @@ Rebuild them with ``autofocus build-models`` (``make models``).
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,8 +29,8 @@ __all__ = [
     "shipped_model_paths",
 ]
 
-#: where the shipped checkpoints live (package data of ``models``)
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "models" / "shipped"
+#: where the shipped checkpoints live (package data of ``models``, found without importing it)
+SHIPPED_DIR = Path(importlib.util.find_spec("models").origin).parent / "shipped"
 #: (magnification, NA) of the objectives a model is shipped for
 SHIPPED_OBJECTIVES: tuple[tuple[float, float], ...] = ((20.0, 0.4), (10.0, 0.25))
 

@@ -25,6 +25,7 @@ COMMANDS = [
     "serve",
     "collect",
     "train",
+    "build-models",
     "evaluate",
     "shell",
     "ioc",
@@ -57,12 +58,14 @@ def test_fast_demo_then_runs_show_replay(tmp_path):
     assert "Autofocus summary" in demo.stdout
     assert "fly_sweep" in demo.stdout and "tile_scan" in demo.stdout
     assert "dual_led_focus" in demo.stdout
+    assert "cnn_focus, shipped pairs" in demo.stdout
     for png in (
         "focus_curve.png",
         "defocus_series.png",
         "predicted_vs_true.png",
         "drift_tracking.png",
         "focus_map.png",
+        "calibration.png",
     ):
         assert (output / png).stat().st_size > 1000, png
 

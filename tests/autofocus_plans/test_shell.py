@@ -153,7 +153,9 @@ def test_wheel_install_finds_its_profile_and_config(tmp_path):
         "print('PACKAGE', cli.__file__); "
         "print('PROFILE', get_ipython().profile_dir.location); "
         "print('CONFIG', cli.TILED_CONFIG, cli.TILED_CONFIG.is_file()); "
-        "print('PLANS', callable(brenner_sweep))"
+        "print('PLANS', callable(brenner_sweep)); "
+        "from autofocus_plans.shipped import shipped_model_for; "
+        "print('SHIPPED', shipped_model_for(camera, led).path)"
     )
     work = tmp_path / "elsewhere"
     work.mkdir()
@@ -166,12 +168,14 @@ def test_wheel_install_finds_its_profile_and_config(tmp_path):
         timeout=300,
         check=True,
     ).stdout
-    found = dict(re.findall(r"^(PACKAGE|PROFILE|CONFIG|PLANS) (.*)$", out, flags=re.M))
+    found = dict(re.findall(r"^(PACKAGE|PROFILE|CONFIG|PLANS|SHIPPED) (.*)$", out, flags=re.M))
     package = site / "autofocus_plans"
     assert found["PACKAGE"] == str(package / "cli.py"), out
     assert found["PROFILE"] == str(package / "profiles" / "profile_autofocus")
     assert found["CONFIG"] == f"{package / 'profiles' / 'tiled' / 'config.yml'} True"
     assert found["PLANS"] == "True"
+    # the wheel carries the shipped models, so cnn_focus works out of the box
+    assert found["SHIPPED"] == str(site / "models" / "shipped" / "pairs-20x-0.40.safetensors")
     assert "catalog ready" in out
 
 
