@@ -46,7 +46,7 @@ def run(quick: bool) -> str:
     from autofocus_plans.shipped import SHIPPED_OBJECTIVES, figures_table, real_image_samples
     from devices import SAMPLE_FAMILIES, Objective, ProceduralSample, SimMicroscope
 
-    trials = 2 if quick else 10
+    trials = 2 if quick else 20
     rng = np.random.default_rng(SEED)
     RE = RunEngine({}, call_returns_result=True)
     t_start = time.perf_counter()
