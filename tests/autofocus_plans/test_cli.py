@@ -58,7 +58,7 @@ def test_fast_demo_then_runs_show_replay(tmp_path):
     assert "Autofocus summary" in demo.stdout
     assert "fly_sweep" in demo.stdout and "tile_scan" in demo.stdout
     assert "dual_led_focus" in demo.stdout
-    assert "cnn_focus, shipped pairs" in demo.stdout
+    assert "CNN focus with the shipped pair model" in demo.stdout
     for png in (
         "focus_curve.png",
         "defocus_series.png",
@@ -93,7 +93,7 @@ def test_every_command_the_readme_shows_exists():
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```\n(.*?)```", readme, flags=re.S)
     shown = [line.strip() for block in blocks for line in block.splitlines()]
-    shown += re.findall(r"`(autofocus [a-z]+)[^`]*`", readme)
+    shown += re.findall(r"`(autofocus [a-z][a-z-]*)[^`]*`", readme)
     subcommands = set(build_parser()._subparsers._group_actions[0].choices)
     makefile = (ROOT / "Makefile").read_text()
     checked = 0
