@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "FOCUS_METHODS": "brenner",
     "brenner_sweep": "brenner",
+    "calibrate_model": "calibration",
     "fast_focus": "brenner",
     "fly_sweep": "fly",
     "fly_speed": "fly",
@@ -76,6 +77,7 @@ __all__ = [
     "auto_exposure",
     "brenner_sweep",
     "build_shipped_models",
+    "calibrate_model",
     "check_model_optics",
     "cnn_focus",
     "collect_training_set",
@@ -110,6 +112,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from .brenner import FOCUS_METHODS, brenner_sweep, fast_focus
+    from .calibration import calibrate_model
     from .catalog import CatalogError, frames_dir_for, open_catalog, subscribe_catalog
     from .dual_led import dual_led_focus, dual_led_model, mirrored_patterns
     from .durable import recover_runs

@@ -34,6 +34,7 @@ _LAZY: dict[str, str] = {
     "examples_from_runs": "training",
     "regression_metrics": "training",
     "train": "training",
+    "fine_tune": "adapt",
 }
 
 __all__ = ["FOCUS_MEASURES", "Preprocessing", "brenner", "focus_measure", *_LAZY]

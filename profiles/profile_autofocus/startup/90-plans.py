@@ -6,6 +6,7 @@ from bluesky_queueserver import is_re_worker_active
 
 from autofocus_plans import (  # noqa: F401
     brenner_sweep,
+    calibrate_model,
     cnn_focus,
     collect_training_set,
     fast_focus,
@@ -23,7 +24,14 @@ from autofocus_plans import (  # noqa: F401
 
 # the plan modules use postponed annotations (strings); the queueserver builds its parameter
 # validation from the signature, so hand it the evaluated one (Readable, Movable, ...)
-for _plan in (brenner_sweep, fast_focus, collect_training_set, cnn_focus, track_focus):
+for _plan in (
+    brenner_sweep,
+    fast_focus,
+    collect_training_set,
+    cnn_focus,
+    track_focus,
+    calibrate_model,
+):
     _plan.__signature__ = inspect.signature(_plan, eval_str=True)
 
 if not is_re_worker_active():
