@@ -111,8 +111,9 @@ def fine_tune(
     keeps familiar every frame the base found familiar and takes in every
     held-out frame of this field. Other fields of the sample are familiar
     only as far as they resemble this one: one field cannot say how much the
-    sample's fields differ (measured on bars, whose fields show other bar
-    groups: they stay unfamiliar).
+    sample's fields differ (bars, whose fields show other bar groups: 34 % of
+    their pairs unfamiliar before, 1 % after in ``bench_calibration``; with
+    the test suite's smaller base model they stay unfamiliar).
     """
     pairs = _check(model, examples)
     if epochs < 0 or holdout_every < 2 or crops_per_frame < 1 or batch_size < 2:
