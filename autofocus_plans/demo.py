@@ -70,9 +70,10 @@ def run_demo(
     from devices import (
         SAMPLE_FAMILIES,
         FocalSurface,
+        ProceduralSample,
         SimMicroscope,
         SlideSample,
-        exposure_for_level,
+        labelled_shots,
     )
 
     from .brenner import brenner_sweep, fast_focus
@@ -245,18 +246,18 @@ def run_demo(
     calibration: dict[str, tuple[list[float], list[float]]] = {}
     exposure = mic.camera.exposure_time.get()
     for family in SAMPLE_FAMILIES:  # fresh fields: the intervals against the actual errors
-        mic.set_sample(family, seed=3000)
-        mic.camera.exposure_time.put(exposure_for_level(mic, shipped.patterns[0], 0.5))
-        widths, errors = calibration.setdefault(family, ([], []))
-        for dz in rng.uniform(-5, 5, settings.cnn_trials * 3) * dof:
-            mic.z.set(mic.true_focus() + dz).wait()
-            pair = []
-            for pattern in shipped.patterns:
-                mic.led.set(pattern).wait()
-                pair.append(mic.camera.snap().copy())
-            estimate = shipped.estimate(np.stack(pair))
-            widths.append(estimate.interval_um)
-            errors.append(abs(estimate.defocus_um - dz))
+        pairs, truth = labelled_shots(
+            mic,
+            shipped.patterns,
+            [ProceduralSample(family, 3000)],
+            shots=settings.cnn_trials * 3,
+            rng=rng,
+        )
+        estimates = [shipped.estimate(pair) for pair in pairs]
+        calibration[family] = (
+            [e.interval_um for e in estimates],
+            [abs(e.defocus_um - dz) for e, dz in zip(estimates, truth, strict=True)],
+        )
     mic.led.set("brightfield").wait()
     mic.camera.exposure_time.put(exposure)
     plot_calibration(

@@ -21,7 +21,7 @@ import numpy as np
 from bluesky.protocols import Movable, Readable
 
 from .brenner import brenner_sweep
-from .exposure import auto_exposure
+from .exposure import BadExposure, ExposureLimits, judge_exposure
 from .fallback import check_fallback, fall_back
 from .results import FocusResult, NumbersReading, emit_focus_result, optics_metadata
 from .stubs import approach, depth_of_field_from_devices, stage_field, stage_limits
@@ -49,6 +49,44 @@ def _set_and_restore(camera, led, pattern: str, exposure_s: float | None):
         yield from bps.mv(camera.exposure_time, old_exposure)
 
     return apply, restore
+
+
+#: pairs a cnn_focus run may retake while it brings the exposure into range
+_MAX_EXPOSURE_RETAKES = 4
+
+
+def _exposure_for_pattern(camera, led, lit_before: float, exposure_s: float) -> float:
+    """A first exposure for the LED pattern now lit, scaled from the exposure before it.
+
+    The light on the sample grows with the number of lit LEDs inside the
+    objective's aperture, so the exposure that suited the old pattern, times
+    the ratio of lit LEDs, keeps the frame about as bright; halved, because an
+    oblique LED's peak over its mean differs from a brightfield disc's and a
+    clipped frame says less than a dim one. The shot's frames are then judged
+    (``judge_exposure``) and the pair retaken only when they are out of range.
+    Cameras or LEDs that do not report these keep their exposure.
+    """
+    lit = getattr(led, "lit_count", None)
+    lit_now = float(lit.get()) if lit is not None else 0.0
+    if not (lit_before > 0 and lit_now > 0):
+        return exposure_s
+    limits = ExposureLimits.of(camera)
+    guess = 0.5 * exposure_s * lit_before / lit_now
+    return float(min(max(guess, limits.shortest_s), limits.longest_s))
+
+
+def _retuned_exposure(camera, limits: ExposureLimits, readings: list) -> float | None:
+    """The exposure a shot's frames ask for (the first frame out of range decides); None: fine."""
+    name = camera.name
+    exposure = float(camera.exposure_time.get())
+    for reading in readings:
+        keys = [f"{name}_{k}" for k in ("mean", "max", "saturated_fraction")]
+        if not all(k in reading for k in keys):
+            return None  # a camera without frame statistics cannot be judged
+        new = judge_exposure(limits, exposure, *(float(reading[k]["value"]) for k in keys))
+        if new is not None:
+            return new
+    return None
 
 
 def collect_training_set(
@@ -354,9 +392,12 @@ def cnn_focus(
         Illumination and exposure of the shots; a model of pairs uses its own
         two patterns instead. A single-frame model needs the exposure it was
         trained at (None: 0.25 s, ``collect_training_set``'s default); a pair
-        model normalises brightness away, so None sets the exposure from
-        preview frames under its first LED (``auto_exposure``, counted in
-        ``exposures``).
+        model normalises brightness away, so None starts from the camera's
+        exposure scaled by the ratio of lit LEDs (the old pattern's to the
+        pair's), judges the first shot's frames and retakes the pair at a
+        corrected exposure only when they are saturated or too dim (retakes
+        count in ``exposures`` and in ``extra["exposure_retakes"]``; their
+        ``prediction`` rows have ``exposure_ok`` 0).
     approach_um : float
         Overshoot below a target before the final upward approach.
     md : dict, optional
@@ -372,8 +413,8 @@ def cnn_focus(
     model = _resolve_model(model, camera, led)
     patterns = _model_patterns(model, off_axis_pattern)
     check_model_optics(model, camera, led, PAIR_SEPARATOR.join(patterns))
-    preview_exposure = off_axis_exposure_s is None and len(patterns) > 1
-    if off_axis_exposure_s is None and not preview_exposure:
+    judge_shots = off_axis_exposure_s is None and len(patterns) > 1
+    if off_axis_exposure_s is None and not judge_shots:
         off_axis_exposure_s = 0.25
     dof = depth_of_field_from_devices(camera, led)
     low_range, high_range = model.trained_range_um
@@ -414,7 +455,9 @@ def cnn_focus(
     def shots():
         t0 = time.monotonic()
         yield from apply()
-        exposures = checked[0].frames if checked else 0  # the previews are exposures too
+        exposures = retakes = 0
+        settled = not judge_shots
+        limits = ExposureLimits.of(camera)
         predictions = []
         reading = NumbersReading(
             "prediction",
@@ -426,19 +469,43 @@ def cnn_focus(
                 "expected_um": 0.0,
                 "agreement_um": 0.0,
                 "shot": 0.0,
+                "exposure_s": 0.0,
+                "exposure_ok": 1.0,
             },
         )
         intervals: list[float] = []
         foci: list[float] = []  # where each shot places focus
-        for shot in range(max_shots):
+        shot = 0
+        while shot < max_shots:
             yield from bps.checkpoint()  # each shot measures afresh: a pause here loses nothing
-            frames = []
+            frames, readings = [], []
+            exposure_s = float(camera.exposure_time.get())
             for pattern in patterns:  # one frame, or a pair under two mirrored LEDs
                 if len(patterns) > 1:
                     yield from bps.mv(led, pattern)
-                yield from bps.trigger_and_read([camera, stage])
+                readings.append((yield from bps.trigger_and_read([camera, stage])))
                 frames.append(np.array(_last_frame(camera), copy=True))
                 exposures += 1
+            retuned = None if settled else _retuned_exposure(camera, limits, readings)
+            if retuned is not None:
+                # the pair stays in the run (its row says so); the model never sees it
+                retakes += 1
+                yield from bps.create("prediction")
+                yield from bps.read(
+                    reading.update(
+                        {k: math.nan for k in reading.describe()}
+                        | {"shot": float(shot), "exposure_s": exposure_s, "exposure_ok": 0.0}
+                    )
+                )
+                yield from bps.save()
+                if retakes > _MAX_EXPOSURE_RETAKES:
+                    raise BadExposure(
+                        f"The exposure did not settle in {retakes} pairs (last {exposure_s:g} "
+                        "s): is the light flickering?"
+                    )
+                yield from bps.mv(camera.exposure_time, retuned)
+                continue
+            settled = True
             estimate = model.estimate(frames[0] if len(frames) == 1 else np.stack(frames))
             dz = estimate.defocus_um
             predictions.append(dz)
@@ -457,6 +524,8 @@ def cnn_focus(
                         "expected_um": expected,
                         "agreement_um": agreement,
                         "shot": float(shot),
+                        "exposure_s": exposure_s,
+                        "exposure_ok": 1.0,
                     }
                 )
             )
@@ -513,6 +582,7 @@ def cnn_focus(
                 state.update(fell_back=True, reason=f"target {target:.2f} µm outside limits")
                 break
             yield from approach(stage, target, approach_um)
+            shot += 1
         result = FocusResult(
             best_z=float(stage.position),
             method="cnn_focus",
@@ -526,20 +596,20 @@ def cnn_focus(
                 "predictions_um": predictions,
                 "intervals_um": intervals,
                 "reason": state["reason"],
-                "exposure_checks": checked[0].frames if checked else 0,
+                "exposure_retakes": retakes,
             },
         )
         yield from emit_focus_result(result)
         state["result"] = result
 
-    checked: list = []  # the exposure check's previews, before the run (not data)
-
-    def previewed():
-        if preview_exposure:
+    def exposed():
+        if judge_shots:
+            lit = getattr(led, "lit_count", None)
+            lit_before = float(lit.get()) if lit is not None else 0.0
+            exposure_before = float(camera.exposure_time.get())
             yield from bps.mv(led, patterns[0])
-            check = yield from auto_exposure(camera, stream=None)
-            checked.append(check)
-            _md["exposure_checks"] = check.frames
+            first = _exposure_for_pattern(camera, led, lit_before, exposure_before)
+            yield from bps.mv(camera.exposure_time, first)
         _md["exposure_s"] = float(camera.exposure_time.get())
         return (yield from shots())
 
@@ -547,7 +617,7 @@ def cnn_focus(
         yield from approach(stage, origin, approach_um)
 
     uid = yield from bpp.contingency_wrapper(
-        previewed(), except_plan=back_to_origin, final_plan=restore
+        exposed(), except_plan=back_to_origin, final_plan=restore
     )
     result: FocusResult = state["result"]
     result.run_uid = uid or ""

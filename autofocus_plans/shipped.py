@@ -73,26 +73,6 @@ def shipped_model_for(camera, led):
     )
 
 
-def _pairs_of(mic, patterns: Sequence[str], samples, shots: int, rng, range_dof: float):
-    """Labelled pairs at U(±range_dof) DOF from fresh fields, exposed to half the range."""
-    from devices import exposure_for_level
-
-    dof = mic.depth_of_field_um
-    frames, labels = [], []
-    for k, sample in enumerate(samples):
-        mic.set_sample(sample, seed=k)
-        mic.camera.exposure_time.put(exposure_for_level(mic, patterns[0], 0.5))
-        for dz in rng.uniform(-range_dof, range_dof, shots) * dof:
-            mic.z.set(mic.true_focus() + dz).wait(timeout=60)
-            pair = []
-            for pattern in patterns:
-                mic.led.set(pattern).wait(timeout=60)
-                pair.append(mic.camera.snap().copy())
-            frames.append(np.stack(pair))
-            labels.append(dz)
-    return np.stack(frames), np.asarray(labels)
-
-
 def real_image_samples() -> dict[str, list]:
     """Four 256-pixel crops of each of scikit-image's bundled micrographs, as samples.
 
@@ -129,7 +109,7 @@ def evaluate_on_fresh_fields(
     Every set also reports the predict-0 baseline and the share of its frames
     the model finds familiar (novelty ≤ 1) and whose interval covers the error.
     """
-    from devices import SAMPLE_FAMILIES, ProceduralSample
+    from devices import SAMPLE_FAMILIES, ProceduralSample, labelled_shots
 
     rng = np.random.default_rng(seed)
     dof = mic.depth_of_field_um
@@ -137,7 +117,9 @@ def evaluate_on_fresh_fields(
     sets |= {name: crops[:fields] for name, crops in real_image_samples().items()}
     figures = {}
     for name, samples in sets.items():
-        frames, labels = _pairs_of(mic, model.patterns, samples, shots, rng, range_dof)
+        frames, labels = labelled_shots(
+            mic, model.patterns, samples, shots=shots, rng=rng, range_dof=range_dof
+        )
         estimates = [model.estimate(f) for f in frames]
         predicted = np.array([e.defocus_um for e in estimates])
         error = np.abs(predicted - labels) / dof

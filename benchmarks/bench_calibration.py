@@ -29,7 +29,7 @@ import numpy as np
 
 from ._common import table
 from .bench_generalisation import _cell, _fitted, _metrics, real_images
-from .bench_pair_generalisation import _exposure_for, _pairs, _randomised
+from .bench_pair_generalisation import _pairs, _randomised
 
 SEED = 20261207
 OBJECTIVE = (20, 0.4)
@@ -74,7 +74,13 @@ def run(quick: bool) -> str:
     from autofocus_plans import calibrate_model, mirrored_patterns
     from autofocus_plans.learned import PAIR_SEPARATOR
     from autofocus_plans.results import optics_metadata
-    from devices import SAMPLE_FAMILIES, Objective, ProceduralSample, SimMicroscope
+    from devices import (
+        SAMPLE_FAMILIES,
+        Objective,
+        ProceduralSample,
+        SimMicroscope,
+        exposure_for_level,
+    )
     from models import OPTICS_KEYS
 
     cfg = _config(quick)
@@ -86,7 +92,7 @@ def run(quick: bool) -> str:
     mic = SimMicroscope("cells", objective=Objective(magnification, na), time_scale=0)
     dof = mic.depth_of_field_um
     patterns = mirrored_patterns(mic.led)
-    exposure = _exposure_for(mic, patterns[0])
+    exposure = exposure_for_level(mic, patterns[0], 0.5)
     mic.camera.exposure_time.put(exposure)
     # the arrays the bench trains on carry no optics: record them as examples_from_runs would,
     # so that the plan can check the model against the devices and light its LEDs

@@ -19,7 +19,7 @@ import numpy as np
 
 from ._common import table
 from .bench_generalisation import _fitted, real_images
-from .bench_pair_generalisation import _exposure_for, _pairs, _randomised
+from .bench_pair_generalisation import _pairs, _randomised
 
 SEED = 20261205
 
@@ -48,7 +48,7 @@ def run(quick: bool) -> str:
     from bluesky import RunEngine
 
     from autofocus_plans import cnn_focus, dual_led_model
-    from devices import SAMPLE_FAMILIES, ProceduralSample, SimMicroscope
+    from devices import SAMPLE_FAMILIES, ProceduralSample, SimMicroscope, exposure_for_level
 
     cfg = _config(quick)
     rng = np.random.default_rng(SEED)
@@ -56,7 +56,7 @@ def run(quick: bool) -> str:
     mic = SimMicroscope("cells", time_scale=0)
     dof = mic.depth_of_field_um
     patterns = dual_led_model(mic.camera, mic.led).patterns
-    exposure = _exposure_for(mic, patterns[0])
+    exposure = exposure_for_level(mic, patterns[0], 0.5)
     mic.camera.exposure_time.put(exposure)
     training = {
         f: _pairs(

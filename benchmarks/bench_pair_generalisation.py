@@ -68,35 +68,29 @@ def _randomised(family: str, k: int):
 
 def _pairs(mic, patterns, samples, shots: int, rng: np.random.Generator):
     """A pair of frames (one per pattern) at U(-6, 6) DOF around the focus of each sample."""
+    from devices import snap_shot
+
     dof = mic.depth_of_field_um
     frames, labels, fields = [], [], []
     for k, sample in enumerate(samples):
         mic.set_sample(sample, seed=k)
         for dz in rng.uniform(-DEFOCUS_RANGE_DOF, DEFOCUS_RANGE_DOF, shots) * dof:
             mic.z.set(mic.true_focus() + dz).wait(timeout=60)
-            pair = []
-            for pattern in patterns:
-                mic.led.set(pattern).wait(timeout=60)
-                pair.append(mic.camera.snap().copy())
-            frames.append(np.stack(pair))
+            frames.append(snap_shot(mic, patterns))
             labels.append(dz)
             fields.append(f"{getattr(sample, 'label', sample)}:{k}")
     return np.stack(frames), np.asarray(labels, dtype=float), np.asarray(fields)
 
 
-def _exposure_for(mic, pattern: str, target_level: float = 0.5) -> float:
-    """Exposure that puts the brightest pixel near ``target_level`` of the range."""
-    mic.led.set(pattern).wait(timeout=60)
-    mic.camera.exposure_time.put(0.01)
-    frame = mic.camera.snap()
-    offset = mic.camera.offset_adu.get()
-    level = (frame.max() - offset) / (2 ** mic.camera.bit_depth.get() - 1 - offset)
-    return 0.01 * target_level / max(level, 1e-3)
-
-
 def run(quick: bool) -> str:
     from autofocus_plans import dual_led_model
-    from devices import SAMPLE_FAMILIES, Objective, ProceduralSample, SimMicroscope
+    from devices import (
+        SAMPLE_FAMILIES,
+        Objective,
+        ProceduralSample,
+        SimMicroscope,
+        exposure_for_level,
+    )
 
     cfg = _config(quick)
     rng = np.random.default_rng(SEED)
@@ -108,7 +102,7 @@ def run(quick: bool) -> str:
         dof = mic.depth_of_field_um
         label = f"{magnification}x/{na}"
         physics = dual_led_model(mic.camera, mic.led)
-        mic.camera.exposure_time.put(_exposure_for(mic, physics.patterns[0]))
+        mic.camera.exposure_time.put(exposure_for_level(mic, physics.patterns[0], 0.5))
         shots = cfg["shots"]
 
         def pairs(samples, mic=mic, patterns=physics.patterns, shots=shots):

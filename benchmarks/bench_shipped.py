@@ -9,7 +9,7 @@ real scikit-image micrographs (never trained on), with ``fallback="none"``: a
 shot it does not trust ends the run at its start ("fell back"; the search that
 would follow is validated elsewhere). Both ``max_shots=1`` (one pair) and the
 default ``max_shots=2`` (a second pair a known distance away confirms it) run on
-every trial. Exposures include the exposure check's preview frames.
+every trial. Exposures count every frame, pairs retaken to bring the exposure into range included.
 """
 
 from __future__ import annotations

@@ -19,7 +19,9 @@ from .training_data import (
     LayeredSample,
     RandomisedExamples,
     exposure_for_level,
+    labelled_shots,
     randomised_examples,
+    snap_shot,
 )
 
 __all__ = [
@@ -49,6 +51,8 @@ __all__ = [
     "angle_pattern",
     "depth_of_field_um",
     "exposure_for_level",
+    "labelled_shots",
     "led_index_pattern",
     "randomised_examples",
+    "snap_shot",
 ]

@@ -28,7 +28,14 @@ from .microscope import SimMicroscope
 from .optics import CameraSensor, LEDArray, Objective
 from .samples import SAMPLE_FAMILIES, ProceduralSample, Sample
 
-__all__ = ["LayeredSample", "RandomisedExamples", "exposure_for_level", "randomised_examples"]
+__all__ = [
+    "LayeredSample",
+    "RandomisedExamples",
+    "exposure_for_level",
+    "labelled_shots",
+    "randomised_examples",
+    "snap_shot",
+]
 
 
 class LayeredSample(Sample):
@@ -127,6 +134,51 @@ def exposure_for_level(mic: SimMicroscope, pattern: str, level: float) -> float:
     return float(np.clip(probe * level / max(top, 1e-3), 1e-5, 1.0))
 
 
+def snap_shot(
+    mic: SimMicroscope, patterns: Sequence[str], brightness: Sequence[float] | None = None
+) -> np.ndarray:
+    """One frame per LED pattern at the current Z: the frame itself for one pattern, else a stack.
+
+    ``brightness`` (one per pattern, 0-1) dims each LED for its frame; None
+    leaves the LEDs' brightness as it is.
+    """
+    shot = []
+    for k, pattern in enumerate(patterns):
+        if brightness is not None:
+            mic.led.brightness.put(float(brightness[k]))
+        mic.led.set(pattern).wait(timeout=60)
+        shot.append(mic.camera.snap().copy())
+    return shot[0] if len(shot) == 1 else np.stack(shot)
+
+
+def labelled_shots(
+    mic: SimMicroscope,
+    patterns: Sequence[str],
+    samples: Sequence,
+    *,
+    shots: int,
+    rng: np.random.Generator,
+    range_dof: float = 5.0,
+    level: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shots of each sample at defocus drawn uniformly within ``±range_dof``, with their labels.
+
+    Each sample is exposed so its brightest pixel sits near ``level`` of the
+    range under the first pattern. Returns the shots (see :func:`snap_shot`) and
+    the defocus of each (µm, ``z - z_focus``).
+    """
+    dof = mic.depth_of_field_um
+    frames, labels = [], []
+    for k, sample in enumerate(samples):
+        mic.set_sample(sample, seed=k)
+        mic.camera.exposure_time.put(exposure_for_level(mic, patterns[0], level))
+        for dz in rng.uniform(-range_dof, range_dof, shots) * dof:
+            mic.z.set(mic.true_focus() + dz).wait(timeout=60)
+            frames.append(snap_shot(mic, patterns))
+            labels.append(dz)
+    return np.stack(frames), np.asarray(labels, dtype=float)
+
+
 def randomised_examples(
     patterns: Sequence[str],
     *,
@@ -212,13 +264,8 @@ def randomised_examples(
         mic.camera.exposure_time.put(exposure)
         for dz in rng.uniform(-range_dof, range_dof, shots_per_field) * dof:
             mic.z.set(mic.true_focus() + dz).wait(timeout=60)
-            shot = []
-            for pattern in patterns:
-                # two LEDs of one array are never quite equally bright
-                mic.led.brightness.put(float(rng.uniform(0.85, 1.0)))
-                mic.led.set(pattern).wait(timeout=60)
-                shot.append(mic.camera.snap().copy())
-            frames.append(shot[0] if len(patterns) == 1 else np.stack(shot))
+            # two LEDs of one array are never quite equally bright
+            frames.append(snap_shot(mic, patterns, rng.uniform(0.85, 1.0, len(patterns))))
             labels.append(dz)
             fovs.append(f"sim:{seed}:{k}")
         described.append(

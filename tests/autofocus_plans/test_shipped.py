@@ -56,12 +56,35 @@ def test_cnn_focus_uses_the_shipped_model_by_default_and_never_ends_far_off(
     shipped = shipped_model_for(mic.camera, mic.led)
     run = catalog[result.extra.get("cnn_run_uid", result.run_uid)]
     assert run.start["model_sha256"] == shipped.file_sha256
-    assert run.start["plan_name"] == "cnn_focus" and run.start["exposure_checks"] >= 1
+    assert run.start["plan_name"] == "cnn_focus" and run.start["exposure_s"] > exposure
     prediction = run["prediction"].read()
-    assert {"novelty", "interval_um", "spread_um"} <= set(prediction.data_vars)
+    assert {"novelty", "interval_um", "spread_um", "exposure_ok"} <= set(prediction.data_vars)
     # either it trusted the model and is within its tolerance, or it fell back to a search
     assert abs(mic.z.position - mic.true_focus()) <= dof
     assert mic.camera.exposure_time.get() == exposure and mic.led.pattern.get() == pattern
+
+
+def test_a_pair_out_of_exposure_range_is_retaken_and_never_predicted_from(catalog, catalog_RE, mic):
+    # brightfield at 20 times its exposure: the first pair, scaled from it, saturates
+    dof = mic.depth_of_field_um
+    mic.set_sample("cells", seed=4343)
+    mic.z.set(mic.true_focus() - 2 * dof).wait()
+    overexposed = 20 * mic.camera.exposure_time.get()
+    mic.camera.exposure_time.put(overexposed)
+    result = catalog_RE(cnn_focus(mic.camera, mic.z, mic.led, max_shots=1)).plan_result
+    run = catalog[result.extra.get("cnn_run_uid", result.run_uid)]
+    rows = run["prediction"].read()
+    ok = rows["exposure_ok"].values.astype(bool)
+    retakes = run.stop["num_events"]["primary"] // 2 - ok.sum()
+    assert not ok[0] and ok[-1] and retakes == (~ok).sum() >= 1
+    assert np.isnan(rows["predicted_defocus_um"].values[~ok]).all()  # never acted on
+    exposures = rows["exposure_s"].values
+    assert exposures[-1] < exposures[0]  # shorter after the saturated pair
+    if not result.fell_back:
+        assert result.extra["exposure_retakes"] == retakes
+        assert result.exposures == 2 * (1 + retakes)
+        assert len(result.extra["predictions_um"]) == 1
+    assert mic.camera.exposure_time.get() == overexposed
 
 
 def test_build_models_rebuilds_a_model_with_its_recipe(tmp_path):

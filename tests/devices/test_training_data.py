@@ -6,7 +6,9 @@ from devices import (
     LayeredSample,
     ProceduralSample,
     SimMicroscope,
+    labelled_shots,
     randomised_examples,
+    snap_shot,
 )
 
 PAIR = ("na:0.3,0", "na:0.3,180")
@@ -56,6 +58,23 @@ def test_the_label_is_the_signed_distance_from_the_simulators_focal_plane():
     error = np.abs(estimated - generated.defocus_um) / mic.depth_of_field_um
     # a mislabelled sign or offset would put the median error at DOFs, not a fraction of one
     assert np.median(error) < 0.5, error
+
+
+def test_labelled_shots_expose_each_field_and_label_it_from_the_simulators_focus():
+    mic = SimMicroscope("cells", time_scale=0)
+    dof = mic.depth_of_field_um
+    samples = [ProceduralSample("beads", 3), ProceduralSample("bars", 4)]
+    rng = np.random.default_rng(0)
+    frames, labels = labelled_shots(mic, PAIR, samples, shots=3, rng=rng, range_dof=2.0)
+    assert frames.shape == (6, 2, 256, 256) and labels.shape == (6,)
+    assert np.abs(labels).max() <= 2 * dof and len(set(labels)) == 6
+    # the last shot is where the stage was left: z - focus is its label
+    assert np.isclose(mic.z.position - mic.true_focus(), labels[-1])
+    offset = mic.camera.offset_adu.get()
+    level = (frames.max(axis=(1, 2, 3)) - offset) / (2 ** mic.camera.bit_depth.get() - 1 - offset)
+    assert np.all((level > 0.2) & (level < 0.95))  # exposed near half the range, not clipped
+    single = snap_shot(mic, PAIR[:1])
+    assert single.shape == (256, 256) and mic.led.pattern.get() == PAIR[0]
 
 
 def test_bad_requests_are_refused_in_one_sentence():
