@@ -395,6 +395,16 @@ def _objective(text: str) -> tuple[float, float]:
         ) from None
 
 
+def _scale_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH such as 0.5,2, got {text!r}") from None
+    if not 0 < low <= high:
+        raise argparse.ArgumentTypeError(f"expected 0 < LOW <= HIGH, got {text!r}")
+    return low, high
+
+
 def cmd_build_models(args) -> int:
     import models
 
@@ -410,6 +420,7 @@ def cmd_build_models(args) -> int:
         seed=args.seed,
         device=args.device,
         evaluation_fields=args.evaluation_fields,
+        feature_scale=args.feature_scale,
     )
     for path in paths:
         model = models.load_model(path)
@@ -714,6 +725,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=4,
         help="fresh fields per family (and crops per real image) measured (default 4)",
+    )
+    p.add_argument(
+        "--feature-scale",
+        type=_scale_range,
+        default=(1.0, 1.0),
+        metavar="LOW,HIGH",
+        help="vary the size of every field's features by a factor in this range (log-uniform; "
+        "default 1,1: each family's own sizes)",
     )
     p.add_argument("--out-dir", help="folder for the checkpoints (default models/shipped)")
     p.set_defaults(func=cmd_build_models)

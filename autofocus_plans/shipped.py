@@ -148,6 +148,7 @@ def build_shipped_model(
     seed: int = 0,
     device: str = "cpu",
     evaluation_fields: int = 4,
+    feature_scale: tuple[float, float] = (1.0, 1.0),
     progress: bool = True,
 ):
     """Train the general pair model for one objective from domain-randomised fields.
@@ -171,6 +172,7 @@ def build_shipped_model(
         objective=Objective(magnification, na),
         fields=fields,
         shots_per_field=shots_per_field,
+        feature_scale=feature_scale,
         seed=seed,
         progress=progress,
     )
@@ -210,6 +212,7 @@ def build_shipped_model(
             "seed": seed,
             "render_s": render_s,
             "evaluation_fields": evaluation_fields,
+            "feature_scale": list(feature_scale),
         },
         "figures": figures,
     }

@@ -18,6 +18,7 @@ from .stage import SimZStage
 from .training_data import (
     LayeredSample,
     RandomisedExamples,
+    ScaledSample,
     exposure_for_level,
     labelled_shots,
     randomised_examples,
@@ -40,6 +41,7 @@ __all__ = [
     "ProceduralSample",
     "RandomisedExamples",
     "Sample",
+    "ScaledSample",
     "SimCamera",
     "SimFieldOfView",
     "SimMicroscope",

@@ -5,12 +5,13 @@ that sample. :func:`randomised_examples` renders labelled frames (or frame
 pairs, one per LED pattern) from fields that vary everything a learned focus
 model should not depend on: the sample family, layered mixtures of families
 with empty regions (cells on a stained background, debris, sparse fields), the
-stain strength and its make-up (absorbing and phase, absorbing only, phase
-only), the brightness, the LED array's height (the illumination angle of a
-real array is never exactly its nominal one), each LED's brightness, and a
-small tilt across the field. The frames are arrays: ``models`` trains on them
-without importing this package (``models.DefocusExamples``), keeping the
-layer arrows ``models`` ← ``devices``.
+size of the features (optional), the stain strength and its
+make-up (absorbing and phase, absorbing only, phase only), the brightness, the
+LED array's height (the illumination angle of a real array is never exactly
+its nominal one), each LED's brightness, and a small tilt across the field.
+The frames are arrays: ``models`` trains on them without importing this
+package (``models.DefocusExamples``), keeping the layer arrows ``models`` ←
+``devices``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .samples import SAMPLE_FAMILIES, ProceduralSample, Sample
 __all__ = [
     "LayeredSample",
     "RandomisedExamples",
+    "ScaledSample",
     "exposure_for_level",
     "labelled_shots",
     "randomised_examples",
@@ -87,6 +89,28 @@ class LayeredSample(Sample):
         return (base * over).astype(np.complex64)
 
 
+class ScaledSample(Sample):
+    """A sample with every feature ``scale`` times larger (the same specimen, bigger or smaller).
+
+    Real specimens come at every size: cells of 5 or 50 µm, fine fibres or
+    coarse sections. Scaling a procedural sample spans sizes its family alone
+    does not.
+    """
+
+    def __init__(self, sample: Sample, scale: float) -> None:
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale!r}.")
+        self.sample, self.scale = sample, float(scale)
+        self.label = f"{getattr(sample, 'label', 'sample')}x{self.scale:.2f}"
+
+    def describe(self) -> dict:
+        return self.sample.describe() | {"sample": self.label, "sample_scale": self.scale}
+
+    def transmittance(self, shape: tuple[int, int], dx_um: float) -> np.ndarray:
+        # finer sampling of the specimen: each pixel covers 1/scale of the area it did
+        return self.sample.transmittance(shape, dx_um / self.scale)
+
+
 @dataclass
 class RandomisedExamples:
     """Labelled frames from :func:`randomised_examples`, with the recipe that made them.
@@ -104,8 +128,13 @@ class RandomisedExamples:
     samples: list[dict] = field(default_factory=list)
 
 
-def _random_sample(rng: np.random.Generator, families: Sequence[str], seed: int) -> Sample:
-    """One randomised field: a family, or a layered mixture of two, at a random stain."""
+def _random_sample(
+    rng: np.random.Generator,
+    families: Sequence[str],
+    seed: int,
+    feature_scale: tuple[float, float] = (1.0, 1.0),
+) -> Sample:
+    """One randomised field: a family, or a layered mixture of two, at a random stain and size."""
 
     def procedural(family: str, k: int) -> ProceduralSample:
         return ProceduralSample(
@@ -115,12 +144,19 @@ def _random_sample(rng: np.random.Generator, families: Sequence[str], seed: int)
             component=str(rng.choice(["both", "both", "amplitude", "phase"])),
         )
 
+    low, high = feature_scale
+    # no draw when the size is fixed: the same seed gives the same fields as before sizes varied
+    scale = float(np.exp(rng.uniform(np.log(low), np.log(high)))) if low != high else low
+
+    def sized(sample: Sample) -> Sample:
+        return sample if scale == 1 else ScaledSample(sample, scale)
+
     first = procedural(str(rng.choice(families)), 0)
     if len(families) < 2 or rng.uniform() < 0.5:
-        return first
+        return sized(first)
     second = procedural(str(rng.choice([f for f in families if f != first.family])), 1)
     empty = float(rng.choice([0.0, rng.uniform(0.2, 0.6)]))
-    return LayeredSample([first, second], empty_fraction=empty, seed=seed)
+    return sized(LayeredSample([first, second], empty_fraction=empty, seed=seed))
 
 
 def exposure_for_level(mic: SimMicroscope, pattern: str, level: float) -> float:
@@ -191,6 +227,7 @@ def randomised_examples(
     families: Sequence[str] = SAMPLE_FAMILIES,
     height_jitter: float = 0.03,
     max_tilt: float = 0.004,
+    feature_scale: tuple[float, float] = (1.0, 1.0),
     seed: int = 0,
     progress: bool = True,
 ) -> RandomisedExamples:
@@ -216,6 +253,9 @@ def randomised_examples(
     max_tilt : float
         Largest tilt of the focal plane across the field (µm per µm), drawn for
         a quarter of the fields.
+    feature_scale : (float, float)
+        Range of a factor on the size of every field's features (log-uniform;
+        :class:`ScaledSample`); ``(1, 1)``, the default, keeps each family's own sizes.
     seed : int
         Seed of every random draw: the same seed gives the same frames.
     progress : bool
@@ -232,6 +272,10 @@ def randomised_examples(
         raise ValueError(
             f"Unknown sample families {unknown!r}; choose from {', '.join(SAMPLE_FAMILIES)}."
         )
+    if not 0 < feature_scale[0] <= feature_scale[1]:
+        raise ValueError(
+            f"feature_scale must be (low, high) with 0 < low <= high, got {feature_scale!r}."
+        )
     if fields < 1 or shots_per_field < 1 or not range_dof > 0:
         raise ValueError(
             "fields and shots_per_field must be at least 1 and range_dof positive, got "
@@ -243,7 +287,7 @@ def randomised_examples(
     dof = math.nan
     bar = tqdm(range(fields), desc="rendering fields", unit="field", disable=not progress)
     for k in bar:
-        sample = _random_sample(rng, families, seed=10_000 * (seed + 1) + k)
+        sample = _random_sample(rng, families, 10_000 * (seed + 1) + k, tuple(feature_scale))
         tilt = rng.uniform(-max_tilt, max_tilt, 2) if rng.uniform() < 0.25 else (0.0, 0.0)
         jittered = dataclasses.replace(
             leds, height_mm=leds.height_mm * (1 + rng.uniform(-height_jitter, height_jitter))
@@ -280,6 +324,7 @@ def randomised_examples(
         "families": list(families),
         "mixtures": "half the fields: two families layered, 0 or 20-60 % empty",
         "contrast": "log-uniform 0.2-2",
+        "feature_scale": list(feature_scale),
         "component": "both 50 %, amplitude 25 %, phase 25 %",
         "brightness": "brightest pixel at 15-80 % of the range; each LED 85-100 %",
         "height_jitter": height_jitter,

@@ -5,6 +5,7 @@ from devices import (
     SAMPLE_FAMILIES,
     LayeredSample,
     ProceduralSample,
+    ScaledSample,
     SimMicroscope,
     labelled_shots,
     randomised_examples,
@@ -31,6 +32,22 @@ def test_layers_multiply_and_empty_regions_are_bare_glass_of_the_upper_layers():
         LayeredSample([base], empty_fraction=1.0)
 
 
+def test_a_scaled_sample_has_the_same_structure_at_another_size():
+    def correlation_length(t):
+        power = np.abs(np.fft.fft2(t - t.mean())) ** 2
+        autocorrelation = np.real(np.fft.ifft2(power))
+        return np.argmax(autocorrelation[0, :64] < 0.5 * autocorrelation[0, 0])
+
+    cells = ProceduralSample("cells", 3)
+    shape, dx = (256, 256), 0.325
+    plain = np.abs(cells.transmittance(shape, dx))
+    doubled = np.abs(ScaledSample(cells, 2.0).transmittance(shape, dx))
+    assert correlation_length(doubled) >= 1.7 * correlation_length(plain)
+    assert ScaledSample(cells, 0.5).describe()["sample_scale"] == 0.5
+    with pytest.raises(ValueError, match="scale must be positive"):
+        ScaledSample(cells, 0)
+
+
 def test_randomised_pairs_are_labelled_with_the_true_defocus_and_seeded():
     a = randomised_examples(PAIR, fields=3, shots_per_field=4, seed=5, progress=False)
     b = randomised_examples(PAIR, fields=3, shots_per_field=4, seed=5, progress=False)
@@ -40,6 +57,13 @@ def test_randomised_pairs_are_labelled_with_the_true_defocus_and_seeded():
     assert not np.array_equal(a.defocus_um, c.defocus_um)
     assert len(set(a.fov)) == 3 and np.abs(a.defocus_um).max() <= 6 * a.depth_of_field_um
     assert a.recipe["patterns"] == list(PAIR) and len(a.samples) == 3
+    assert all("sample_scale" not in d for d in a.samples)  # each family's own sizes
+    sized = randomised_examples(
+        PAIR, fields=3, shots_per_field=1, feature_scale=(0.5, 2), seed=5, progress=False
+    )
+    scales = [d["sample_scale"] for d in sized.samples]
+    assert all(0.5 <= k <= 2 for k in scales) and len(set(scales)) == 3
+    assert sized.recipe["feature_scale"] == [0.5, 2]
     # the two frames of a pair differ (two LEDs), and they are real exposures, not blank
     assert all(not np.array_equal(f[0], f[1]) for f in a.frames)
     assert a.frames.max() > 500
@@ -84,4 +108,6 @@ def test_bad_requests_are_refused_in_one_sentence():
         randomised_examples((), progress=False)
     with pytest.raises(ValueError, match="at least 1"):
         randomised_examples(PAIR, fields=0, progress=False)
+    with pytest.raises(ValueError, match="feature_scale must be"):
+        randomised_examples(PAIR, feature_scale=(2, 1), progress=False)
     assert set(SAMPLE_FAMILIES) >= {"cells", "tissue"}
