@@ -55,6 +55,12 @@ def _set_and_restore(camera, led, pattern: str, exposure_s: float | None):
 _MAX_EXPOSURE_RETAKES = 4
 
 
+def _lit_count(led) -> float:
+    """LEDs lit now; 0 for an LED device that does not report it."""
+    lit = getattr(led, "lit_count", None)
+    return float(lit.get()) if lit is not None else 0.0
+
+
 def _exposure_for_pattern(camera, led, lit_before: float, exposure_s: float) -> float:
     """A first exposure for the LED pattern now lit, scaled from the exposure before it.
 
@@ -66,8 +72,7 @@ def _exposure_for_pattern(camera, led, lit_before: float, exposure_s: float) -> 
     (``judge_exposure``) and the pair retaken only when they are out of range.
     Cameras or LEDs that do not report these keep their exposure.
     """
-    lit = getattr(led, "lit_count", None)
-    lit_now = float(lit.get()) if lit is not None else 0.0
+    lit_now = _lit_count(led)
     if not (lit_before > 0 and lit_now > 0):
         return exposure_s
     limits = ExposureLimits.of(camera)
@@ -604,8 +609,7 @@ def cnn_focus(
 
     def exposed():
         if judge_shots:
-            lit = getattr(led, "lit_count", None)
-            lit_before = float(lit.get()) if lit is not None else 0.0
+            lit_before = _lit_count(led)
             exposure_before = float(camera.exposure_time.get())
             yield from bps.mv(led, patterns[0])
             first = _exposure_for_pattern(camera, led, lit_before, exposure_before)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ._common import table
 from .bench_pair_lofo import _trained
+from .bench_shipped import cnn_focus_trials, row
 
 SEED = 20261205
 
@@ -31,25 +32,10 @@ def _config(quick: bool) -> dict:
     return {"fields": 40, "shots": 16, "epochs": 15, "trials": 20}
 
 
-def _row(held: str, shots: int, done: list[tuple[bool, float, int]]) -> list[str]:
-    """One table row from the runs' (fell back, error in DOF, exposures)."""
-    moved = [e for fell, e, _ in done if not fell]
-    return [
-        held,
-        str(shots),
-        str(len(done)),
-        f"{np.mean([fell for fell, _, _ in done]):.0%}",
-        f"{np.median(moved):.2f}" if moved else "–",
-        f"{sum(e <= 0.5 for e in moved) / len(done):.0%}",
-        str(sum(e > 1 for e in moved)),
-        f"{np.median([n for fell, _, n in done if not fell]):.0f}" if moved else "–",
-    ]
-
-
 def run(quick: bool) -> str:
     from bluesky import RunEngine
 
-    from autofocus_plans import cnn_focus, mirrored_patterns
+    from autofocus_plans import mirrored_patterns
     from autofocus_plans.shipped import real_image_samples
     from devices import SAMPLE_FAMILIES, ProceduralSample, SimMicroscope, randomised_examples
 
@@ -57,7 +43,6 @@ def run(quick: bool) -> str:
     rng = np.random.default_rng(SEED)
     t_start = time.perf_counter()
     mic = SimMicroscope("cells", time_scale=0)
-    dof = mic.depth_of_field_um
     patterns = mirrored_patterns(mic.led)
     reals = real_image_samples()
     held_sets = [(f, [g for g in SAMPLE_FAMILIES if g != f]) for f in SAMPLE_FAMILIES]
@@ -77,31 +62,11 @@ def run(quick: bool) -> str:
         del generated
         model.metadata["led_patterns"] = list(patterns)
         samples = reals.get(held) or [ProceduralSample(held, 300 + k) for k in range(4)]
-        outcomes = {1: [], 2: []}
-        for trial in range(cfg["trials"]):
-            mic.set_sample(samples[trial % len(samples)], seed=trial)
-            start = float(rng.uniform(-5, 5))
-            for shots in (1, 2):
-                mic.z.set(mic.true_focus() + start * dof).wait(timeout=60)
-                try:
-                    result = RE(
-                        cnn_focus(
-                            mic.camera,
-                            mic.z,
-                            mic.led,
-                            model,
-                            max_shots=shots,
-                            fallback="none",
-                        )
-                    ).plan_result
-                    error = abs(result.best_z - mic.true_focus()) / dof
-                    outcomes[shots].append((False, error, result.exposures))
-                except RuntimeError:
-                    outcomes[shots].append((True, np.nan, 2 * shots))
+        outcomes = cnn_focus_trials(RE, mic, samples, cfg["trials"], rng, model)
         for shots in (1, 2):
             totals[shots] += outcomes[shots]
-            rows.append(_row(held, shots, outcomes[shots]))
-    rows += [_row("**all**", shots, totals[shots]) for shots in (1, 2)]
+            rows.append(row(held, shots, outcomes[shots]))
+    rows += [row("**all**", shots, totals[shots]) for shots in (1, 2)]
     headers = [
         "held out (never trained on)",
         "max_shots",

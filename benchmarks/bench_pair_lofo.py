@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from ._common import table
+from .bench_generalisation import _metrics
 
 SEED = 20261207
 ARCHS = ("DefocusCNN", "FourierMLP")
@@ -49,15 +50,6 @@ def _config(quick: bool) -> dict:
         "seeds": (0, 1, 2),
         "epochs": {"DefocusCNN": 15, "FourierMLP": 60},
         "held_out": None,
-    }
-
-
-def _metrics(true_um: np.ndarray, predicted_um: np.ndarray, dof: float) -> dict[str, float]:
-    error = np.abs(predicted_um - true_um) / dof
-    return {
-        "mae": float(np.mean(error)),
-        "rmse": float(np.sqrt(np.mean(error**2))),
-        "p95": float(np.percentile(error, 95)),
     }
 
 

@@ -23,7 +23,35 @@ from ._common import table
 SEED = 20261207
 
 
-def _row(label: str, shots: int, done: list[tuple[bool, float, int]]) -> list[str]:
+def cnn_focus_trials(
+    RE, mic, samples: list, trials: int, rng: np.random.Generator, model="shipped"
+) -> dict[int, list[tuple[bool, float, int]]]:
+    """``cnn_focus`` from U(±5) DOF on ``samples`` in turn, with ``max_shots`` 1 and 2 each trial.
+
+    Returns, per ``max_shots``, each run's (fell back, error in DOF, exposures);
+    with ``fallback="none"`` a shot it does not trust ends the run at its start.
+    """
+    from autofocus_plans import cnn_focus
+
+    dof = mic.depth_of_field_um
+    outcomes: dict[int, list] = {1: [], 2: []}
+    for trial in range(trials):
+        mic.set_sample(samples[trial % len(samples)], seed=trial)
+        start = float(rng.uniform(-5, 5))
+        for shots in (1, 2):
+            mic.z.set(mic.true_focus() + start * dof).wait(timeout=60)
+            try:
+                result = RE(
+                    cnn_focus(mic.camera, mic.z, mic.led, model, max_shots=shots, fallback="none")
+                ).plan_result
+                error = abs(result.best_z - mic.true_focus()) / dof
+                outcomes[shots].append((False, error, result.exposures))
+            except RuntimeError:  # fell back: the stage is back at its start
+                outcomes[shots].append((True, np.nan, 0))
+    return outcomes
+
+
+def row(label: str, shots: int, done: list[tuple[bool, float, int]]) -> list[str]:
     """One table row from the runs' (fell back, error in DOF, exposures)."""
     moved = [e for fell, e, _ in done if not fell]
     return [
@@ -42,7 +70,6 @@ def run(quick: bool) -> str:
     from bluesky import RunEngine
 
     import models
-    from autofocus_plans import cnn_focus
     from autofocus_plans.shipped import SHIPPED_OBJECTIVES, figures_table, real_image_samples
     from devices import SAMPLE_FAMILIES, Objective, ProceduralSample, SimMicroscope
 
@@ -53,7 +80,6 @@ def run(quick: bool) -> str:
     figure_sections, rows, totals = [], [], {1: [], 2: []}
     for magnification, na in SHIPPED_OBJECTIVES:
         mic = SimMicroscope("cells", objective=Objective(magnification, na), time_scale=0)
-        dof = mic.depth_of_field_um
         label = f"{magnification:g}x/{na:g}"
         model = models.load_model(
             models.__path__[0] + f"/shipped/pairs-{magnification:g}x-{na:.2f}.safetensors"
@@ -70,24 +96,11 @@ def run(quick: bool) -> str:
         sets = {f: [ProceduralSample(f, 7000 + k) for k in range(4)] for f in SAMPLE_FAMILIES}
         sets |= real_image_samples()
         for name, samples in sets.items():
-            outcomes: dict[int, list] = {1: [], 2: []}
-            for trial in range(trials):
-                mic.set_sample(samples[trial % len(samples)], seed=trial)
-                start = float(rng.uniform(-5, 5))
-                for shots in (1, 2):
-                    mic.z.set(mic.true_focus() + start * dof).wait(timeout=60)
-                    try:
-                        result = RE(
-                            cnn_focus(mic.camera, mic.z, mic.led, max_shots=shots, fallback="none")
-                        ).plan_result
-                        error = abs(result.best_z - mic.true_focus()) / dof
-                        outcomes[shots].append((False, error, result.exposures))
-                    except RuntimeError:  # fell back: the stage is back at its start
-                        outcomes[shots].append((True, np.nan, 0))
+            outcomes = cnn_focus_trials(RE, mic, samples, trials, rng)
             for shots in (1, 2):
                 totals[shots] += outcomes[shots]
-                rows.append(_row(f"{label} {name}", shots, outcomes[shots]))
-    rows += [_row("**all**", shots, totals[shots]) for shots in (1, 2)]
+                rows.append(row(f"{label} {name}", shots, outcomes[shots]))
+    rows += [row("**all**", shots, totals[shots]) for shots in (1, 2)]
     headers = [
         "objective, set",
         "max_shots",

@@ -14,7 +14,7 @@ from autofocus_plans import (
     open_catalog,
     subscribe_catalog,
 )
-from devices import ProceduralSample, SimMicroscope
+from devices import ProceduralSample, SimMicroscope, snap_shot
 from models.training import DefocusExamples
 
 #: one-sided level of the paired test that the adapted model's errors are smaller
@@ -32,11 +32,7 @@ def _pairs(model, samples, per_field: int, seed: int):
         mic.set_sample(sample, seed=k)
         for dz in rng.uniform(-5, 5, per_field) * dof:
             mic.z.set(mic.true_focus() + dz).wait()
-            frames = []
-            for pattern in model.patterns:
-                mic.led.set(pattern).wait()
-                frames.append(mic.camera.snap().copy())
-            pairs.append(np.stack(frames))
+            pairs.append(snap_shot(mic, model.patterns))
             truth.append(dz)
     return np.stack(pairs), np.asarray(truth), dof
 

@@ -12,7 +12,7 @@ from autofocus_plans import (
     open_catalog,
     subscribe_catalog,
 )
-from devices import ImageSample, ProceduralSample, SimMicroscope
+from devices import ImageSample, ProceduralSample, SimMicroscope, snap_shot
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +85,7 @@ def test_a_pair_model_reads_the_defocus_of_families_it_never_saw(pair_model):
             mic.set_sample(sample, seed=k)
             for dz in rng.uniform(-5, 5, 6) * dof:
                 mic.z.set(mic.true_focus() + dz).wait()
-                frames = []
-                for pattern in model.patterns:
-                    mic.led.set(pattern).wait()
-                    frames.append(mic.camera.snap().copy())
-                pairs.append(np.stack(frames))
+                pairs.append(snap_shot(mic, model.patterns))
                 truth.append(dz)
         truth = np.asarray(truth)
         error = np.abs(model.predict(np.stack(pairs)) - truth)
