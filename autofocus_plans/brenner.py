@@ -30,7 +30,7 @@ from bluesky.utils import Msg
 
 from models.focus_measures import FOCUS_MEASURES
 
-from .exposure import BadExposure, ExposureLimits, judge_exposure
+from .exposure import BadExposure, ExposureLimits, judge_reading
 from .peak import DEFAULT_FALSE_ALARM, PeakVerdict, assess_peak, fit_peak, log_parabola_vertex
 from .results import (
     FocusResult,
@@ -183,13 +183,7 @@ class _FocusCurve:
                 f"The exposure did not settle in {_MAX_EXPOSURE_FRAMES} frames (last "
                 f"{self.exposure.get():g} s): is the light flickering?"
             )
-        return judge_exposure(
-            self.exposure_limits,
-            float(self.exposure.get()),
-            float(reading[f"{name}_mean"]["value"]),
-            float(reading[f"{name}_max"]["value"]),
-            float(reading[f"{name}_saturated_fraction"]["value"]),
-        )
+        return judge_reading(self.exposure_limits, float(self.exposure.get()), reading, name)
 
     def scan(self, positions):
         positions = sorted(float(p) for p in positions)

@@ -131,6 +131,20 @@ def judge_exposure(
     return None
 
 
+#: the camera reading's frame statistics that judge_exposure needs, by suffix
+FRAME_STATISTICS = ("mean", "max", "saturated_fraction")
+
+
+def judge_reading(
+    limits: ExposureLimits, exposure_s: float, reading: dict, camera_name: str
+) -> float | None:
+    """:func:`judge_exposure` on a frame's ``trigger_and_read`` reading from ``camera_name``."""
+    mean, peak, saturated = (
+        float(reading[f"{camera_name}_{k}"]["value"]) for k in FRAME_STATISTICS
+    )
+    return judge_exposure(limits, exposure_s, mean, peak, saturated)
+
+
 def auto_exposure(
     camera,
     *,

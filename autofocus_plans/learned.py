@@ -21,7 +21,7 @@ import numpy as np
 from bluesky.protocols import Movable, Readable
 
 from .brenner import brenner_sweep
-from .exposure import BadExposure, ExposureLimits, judge_exposure
+from .exposure import FRAME_STATISTICS, BadExposure, ExposureLimits, judge_reading
 from .fallback import check_fallback, fall_back
 from .results import FocusResult, NumbersReading, emit_focus_result, optics_metadata
 from .stubs import approach, depth_of_field_from_devices, stage_field, stage_limits
@@ -85,10 +85,9 @@ def _retuned_exposure(camera, limits: ExposureLimits, readings: list) -> float |
     name = camera.name
     exposure = float(camera.exposure_time.get())
     for reading in readings:
-        keys = [f"{name}_{k}" for k in ("mean", "max", "saturated_fraction")]
-        if not all(k in reading for k in keys):
+        if not all(f"{name}_{k}" in reading for k in FRAME_STATISTICS):
             return None  # a camera without frame statistics cannot be judged
-        new = judge_exposure(limits, exposure, *(float(reading[k]["value"]) for k in keys))
+        new = judge_reading(limits, exposure, reading, name)
         if new is not None:
             return new
     return None
