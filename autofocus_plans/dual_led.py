@@ -66,7 +66,13 @@ def mirrored_patterns(led, *, fraction: float = 0.75, azimuth_deg: float = 0.0) 
 
 
 def dual_led_model(
-    camera, led, *, fraction: float = 0.75, azimuth_deg: float = 0.0, false_alarm: float = 1e-3
+    camera,
+    led,
+    *,
+    fraction: float = 0.75,
+    azimuth_deg: float = 0.0,
+    false_alarm: float = 1e-3,
+    patterns: tuple[str, str] | None = None,
 ) -> DualLEDDefocus:
     """The dual-LED estimator for these devices: two LEDs mirrored about the axis.
 
@@ -81,8 +87,14 @@ def dual_led_model(
         Direction of the first LED; the second is opposite.
     false_alarm : float
         Probability that two unrelated frames give an estimate.
+    patterns : (str, str), optional
+        The two LED patterns (one LED each) instead of ``fraction`` and
+        ``azimuth_deg``: those a model of frame pairs was trained with.
     """
-    patterns = mirrored_patterns(led, fraction=fraction, azimuth_deg=azimuth_deg)
+    derived = patterns is None
+    if patterns is None:
+        patterns = mirrored_patterns(led, fraction=fraction, azimuth_deg=azimuth_deg)
+    patterns = (str(patterns[0]), str(patterns[1]))
     pixel_um = float(camera.pixel_size_um.get())
     per_um = (_displacement_per_um(led, patterns[1]) - _displacement_per_um(led, patterns[0])) / (
         pixel_um
@@ -93,7 +105,10 @@ def dual_led_model(
         patterns,
         dof,
         false_alarm=false_alarm,
-        metadata={"optics": optics_metadata(camera, led), "led_fraction_of_na": fraction},
+        metadata={
+            "optics": optics_metadata(camera, led),
+            "led_fraction_of_na": fraction if derived else None,
+        },
     )
     model.metadata["reach_um"] = model.reach_um(camera.frame_shape())
     return model

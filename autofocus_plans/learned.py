@@ -21,6 +21,7 @@ import numpy as np
 from bluesky.protocols import Movable, Readable
 
 from .brenner import brenner_sweep
+from .dual_led import dual_led_model
 from .exposure import FRAME_STATISTICS, BadExposure, ExposureLimits, judge_reading
 from .fallback import check_fallback, fall_back
 from .results import FocusResult, NumbersReading, emit_focus_result, optics_metadata
@@ -313,6 +314,20 @@ def _predict(model, camera) -> float:
     return float(model.predict(_last_frame(camera)))
 
 
+def _shift_estimator(camera, led, patterns: tuple[str, ...], wanted: bool):
+    """The two-LED shift estimator for a pair model's patterns, and what the start doc says."""
+    if not wanted:
+        return None, "off"
+    if len(patterns) != 2:
+        return None, "off: a single-frame model"
+    if not (hasattr(led, "array") and hasattr(led, "leds_for")):
+        return None, f"unavailable: LED {led.name!r} does not report its geometry"
+    try:
+        return dual_led_model(camera, led, patterns=(patterns[0], patterns[1])), "two-LED shift"
+    except ValueError as err:
+        return None, f"unavailable: {err}"
+
+
 def _model_patterns(model, off_axis_pattern: str) -> tuple[str, ...]:
     """The LED pattern of each exposure of one prediction by ``model``."""
     if getattr(model, "shots", 1) == 1:
@@ -340,6 +355,7 @@ def cnn_focus(
     fallback: str = "fast_focus",
     off_axis_pattern: str = "off_axis",
     off_axis_exposure_s: float | None = None,
+    cross_check: bool = True,
     approach_um: float = 5.0,
     md: dict | None = None,
 ):
@@ -367,6 +383,18 @@ def cnn_focus(
     spatial-frequency content is unlike the training frames' (``novelty``
     above 1), or whose interval is wider than ``max_interval_um``, falls back
     before the stage moves on it.
+
+    A pair is also read by physics (``cross_check``): the displacement between
+    its two frames gives the defocus whatever the sample
+    (:func:`~autofocus_plans.dual_led_model`, no training), and fails in
+    other ways than the network. When that estimate stands out of its noise,
+    it decides instead of the novelty and the interval: within the agreement
+    band of the model's, the stage goes to the mean of the two (a sample the
+    model never saw, read right, is used); further apart, the plan falls
+    back (one of them is wrong, and a frame can look familiar to the model
+    and still be misread). When it does not stand out (a blank or
+    featureless field, beyond what the frame shows), the novelty and the
+    interval decide as above.
 
     Parameters
     ----------
@@ -402,6 +430,10 @@ def cnn_focus(
         corrected exposure only when they are saturated or too dim (retakes
         count in ``exposures`` and in ``extra["exposure_retakes"]``; their
         ``prediction`` rows have ``exposure_ok`` 0).
+    cross_check : bool
+        Whether a pair model's shots are checked against the two-LED shift
+        estimate (above); ignored for single-frame models, and for LEDs that
+        do not report their geometry (the start document says why).
     approach_um : float
         Overshoot below a target before the final upward approach.
     md : dict, optional
@@ -429,6 +461,7 @@ def cnn_focus(
     widest = agreement if max_interval_um is None else float(max_interval_um)
     if not widest > 0:
         raise ValueError(f"max_interval_um must be positive, got {max_interval_um!r}.")
+    shift_model, cross_check_state = _shift_estimator(camera, led, patterns, cross_check)
     origin = float(stage.position)
     apply, restore = _set_and_restore(camera, led, patterns[0], off_axis_exposure_s)
     state: dict[str, Any] = {"fell_back": False, "reason": ""}
@@ -450,7 +483,9 @@ def cnn_focus(
             "agreement_um": agreement,
             "max_interval_um": widest,
             "fallback": fallback,
+            "cross_check": cross_check,
         },
+        "cross_check": cross_check_state,
     }
     _md.update(md or {})
 
@@ -475,9 +510,13 @@ def cnn_focus(
                 "shot": 0.0,
                 "exposure_s": 0.0,
                 "exposure_ok": 1.0,
+                "shift_defocus_um": 0.0,
+                "shift_significance": 0.0,
+                "shift_agrees": 0.0,
             },
         )
         intervals: list[float] = []
+        shifts: list[float] = []  # the physics estimate of each shot (nan: none stood out)
         foci: list[float] = []  # where each shot places focus
         shot = 0
         while shot < max_shots:
@@ -514,6 +553,11 @@ def cnn_focus(
             dz = estimate.defocus_um
             predictions.append(dz)
             intervals.append(estimate.interval_um)
+            shift = shift_model.estimate(frames[0], frames[1]) if shift_model else None
+            checked = shift is not None and shift.found
+            shift_dz = shift.defocus_um if checked else math.nan
+            agrees = checked and abs(dz - shift_dz) <= agreement
+            shifts.append(shift_dz)
             # the probe goes against the first prediction: a model stuck on one answer then
             # misses it by more than the probe, whatever that answer is
             expected = 0.0 if shot == 0 else -math.copysign(probe, predictions[0])
@@ -530,6 +574,11 @@ def cnn_focus(
                         "shot": float(shot),
                         "exposure_s": exposure_s,
                         "exposure_ok": 1.0,
+                        "shift_defocus_um": shift_dz,
+                        "shift_significance": (
+                            shift.significance / shift.threshold if shift else math.nan
+                        ),
+                        "shift_agrees": float(agrees) if checked else math.nan,
                     }
                 )
             )
@@ -537,7 +586,20 @@ def cnn_focus(
             if not low_range <= dz <= high_range:
                 state.update(fell_back=True, reason=f"prediction {dz:.2f} µm outside trained range")
                 break
-            if not estimate.familiar:
+            if checked and not agrees:
+                state.update(
+                    fell_back=True,
+                    reason=(
+                        f"the model and the two-LED shift disagree: {dz:+.2f} µm and "
+                        f"{shift_dz:+.2f} µm of defocus, more than the agreement band "
+                        f"({agreement:.2f} µm) apart"
+                    ),
+                )
+                break
+            if checked:
+                # two estimates that fail in different ways agree: that is the check
+                dz = 0.5 * (dz + shift_dz)
+            elif not estimate.familiar:
                 state.update(
                     fell_back=True,
                     reason=(
@@ -547,7 +609,7 @@ def cnn_focus(
                     ),
                 )
                 break
-            if estimate.interval_um > widest:  # nan (no calibration) never is
+            elif estimate.interval_um > widest:  # nan (no calibration) never is
                 state.update(
                     fell_back=True,
                     reason=(
@@ -599,6 +661,7 @@ def cnn_focus(
             extra={
                 "predictions_um": predictions,
                 "intervals_um": intervals,
+                "shift_defocus_um": shifts,
                 "reason": state["reason"],
                 "exposure_retakes": retakes,
             },

@@ -221,6 +221,15 @@ class EpicsLED(Device):
             **(options or {}),
         )
 
+    @property
+    def array(self) -> LEDArray:
+        """The array's geometry (for the LED angles a pattern lights)."""
+        return self._rules.array
+
+    def leds_for(self, pattern: str) -> list[tuple[int, int]]:
+        """The LEDs ``pattern`` lights, by the simulated array's rules."""
+        return self._rules.leds_for(pattern)
+
     def set(self, value: str) -> Status:
         self._rules.leds_for(value)  # ValueError naming the accepted patterns
         status = Status(obj=self)

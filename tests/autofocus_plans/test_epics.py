@@ -18,6 +18,8 @@ from autofocus_plans import (
     brenner_sweep,
     cnn_focus,
     collect_training_set,
+    dual_led_focus,
+    dual_led_model,
     fast_focus,
     find_runs,
     open_catalog,
@@ -113,6 +115,18 @@ def test_brenner_sweep_and_fast_focus_over_channel_access(station):
         frames = _frames_of(catalog, result.run_uid)
         assert frames.shape == (run.stop["num_events"]["primary"], 128, 128)
         assert frames.std() > 0
+
+
+def test_the_two_led_shift_reads_the_led_geometry_over_channel_access(station):
+    # the geometry is the LED's configuration: the same estimator as on the simulator, so
+    # dual_led_focus and cnn_focus's cross-check of pair models work over EPICS too
+    mic, RE = station["mic"], station["RE"]
+    assert mic.led.leds_for(mic.led.pattern.get())
+    assert np.linalg.norm(dual_led_model(mic.camera, mic.led).shift_px_per_um) > 0
+    mic.z.set(_truth() + 2 * _dof(mic)).wait(30)
+    result = RE(dual_led_focus(mic.camera, mic.z, mic.led)).plan_result
+    assert not result.fell_back and abs(result.best_z - _truth()) < _dof(mic)
+    assert mic.led.pattern.get() == "brightfield"
 
 
 def test_learned_plans_over_channel_access(station):
