@@ -234,28 +234,26 @@ def run_demo(
     step("CNN focus with the shipped pair model (no training here) on every sample family")
     shipped = shipped_model_for(mic.camera, mic.led)
     rng = np.random.default_rng(seed + 2)
-    for family in SAMPLE_FAMILIES:
-        for k in range(max(1, settings.cnn_trials // 2)):
-            mic.set_sample(family, seed=2000 + k)
-            mic.z.set(mic.true_focus() + rng.uniform(-4, 4) * dof).wait()
-            result = RE(
-                cnn_focus(mic.camera, mic.z, mic.led, shipped, md={"sample": f"{family}:{k}"})
-            ).plan_result
-            name = "cnn_focus, shipped pairs" + (" (fell back)" if result.fell_back else "")
-            record(name, result, mic.true_focus())
-    # real micrographs no model trained on: where the model's novelty doubts the phase-contrast
-    # cell, the two-LED shift of the same pair vouches for (or vetoes) its reading
-    for label, crops in real_image_samples().items():
-        for k in range(max(1, settings.cnn_trials // 2)):
-            mic.set_sample(crops[k % len(crops)], seed=2500 + k)
-            mic.z.set(mic.true_focus() + rng.uniform(-4, 4) * dof).wait()
-            result = RE(
-                cnn_focus(mic.camera, mic.z, mic.led, shipped, md={"sample": label})
-            ).plan_result
-            name = "cnn_focus, shipped pairs, real images" + (
-                " (fell back)" if result.fell_back else ""
-            )
-            record(name, result, mic.true_focus())
+    trials = max(1, settings.cnn_trials // 2)
+    # every family, then real micrographs no model trained on: where the novelty doubts the
+    # phase-contrast cell, the two-LED shift of the same pair vouches for (or vetoes) its reading
+    runs = [
+        ("cnn_focus, shipped pairs", family, 2000 + k, f"{family}:{k}")
+        for family in SAMPLE_FAMILIES
+        for k in range(trials)
+    ]
+    runs += [
+        ("cnn_focus, shipped pairs, real images", crops[k % len(crops)], 2500 + k, label)
+        for label, crops in real_image_samples().items()
+        for k in range(trials)
+    ]
+    for row, sample_to_focus, sample_seed, label in runs:
+        mic.set_sample(sample_to_focus, seed=sample_seed)
+        mic.z.set(mic.true_focus() + rng.uniform(-4, 4) * dof).wait()
+        result = RE(
+            cnn_focus(mic.camera, mic.z, mic.led, shipped, md={"sample": label})
+        ).plan_result
+        record(row + (" (fell back)" if result.fell_back else ""), result, mic.true_focus())
     calibration: dict[str, tuple[list[float], list[float]]] = {}
     exposure = mic.camera.exposure_time.get()
     for family in SAMPLE_FAMILIES:  # fresh fields: the intervals against the actual errors

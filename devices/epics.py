@@ -231,7 +231,7 @@ class EpicsLED(Device):
         return self._rules.leds_for(pattern)
 
     def set(self, value: str) -> Status:
-        self._rules.leds_for(value)  # ValueError naming the accepted patterns
+        self.leds_for(value)  # ValueError naming the accepted patterns
         status = Status(obj=self)
 
         def lit(*args, **kwargs):
