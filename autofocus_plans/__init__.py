@@ -20,6 +20,7 @@ _EXPORTS = {
     "calibrate_model": "calibration",
     "fast_focus": "brenner",
     "fly_sweep": "fly",
+    "fly_exposure": "fly",
     "fly_speed": "fly",
     "FocusMap": "mapping",
     "TileScan": "mapping",
@@ -87,6 +88,7 @@ __all__ = [
     "fast_focus",
     "find_runs",
     "fit_peak",
+    "fly_exposure",
     "fly_speed",
     "fly_sweep",
     "focus_curve",
@@ -117,7 +119,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from .dual_led import dual_led_focus, dual_led_model, mirrored_patterns
     from .durable import recover_runs
     from .exposure import BadExposure, ExposureCheck, auto_exposure, judge_exposure
-    from .fly import fly_speed, fly_sweep
+    from .fly import fly_exposure, fly_speed, fly_sweep
     from .learned import (
         check_model_optics,
         cnn_focus,

@@ -23,6 +23,7 @@ frame is still recorded.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import time
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ import numpy as np
 from bluesky.protocols import Movable, Readable
 
 from devices.fly import ZFlyer
+from devices.stage import can_skip_settle
 
 from .brenner import _measure_key, refusal_sentence
 from .exposure import auto_exposure
@@ -42,12 +44,18 @@ from .results import FocusResult, NoFocusFound, emit_focus_result, optics_metada
 from .stubs import (
     approach,
     depth_of_field_from_devices,
+    pass_through,
     search_range,
     stage_field,
     stage_limits,
+    stage_settle_time,
 )
 
-__all__ = ["fly_speed", "fly_sweep"]
+__all__ = ["fly_exposure", "fly_speed", "fly_sweep"]
+
+#: verdicts that fewer photons can cause: a search at a shortened exposure that ends so
+#: is repeated at the full one
+_NOISE_LIMITED = ("significance", "support")
 
 
 def fly_speed(
@@ -70,6 +78,57 @@ def fly_speed(
         max_spacing_dof * dof_um / frame_period_s,
         max_velocity_um_per_s,
     )
+
+
+def fly_exposure(
+    camera,
+    dof_um: float,
+    exposure_s: float,
+    gain: float,
+    *,
+    blur_dof: float = 0.5,
+    max_spacing_dof: float = 0.75,
+    max_velocity_um_per_s: float = math.inf,
+) -> tuple[float, float]:
+    """(exposure s, gain) for the fastest sweep the camera and the stage allow.
+
+    The longest exposure no longer than ``exposure_s`` at which
+    :func:`fly_speed` is within 0.1 % of the fastest any shorter exposure
+    reaches, with the gain raised in proportion so that the frames keep their
+    brightness in ADU; exposures shorter than the camera's ``min_exposure_s``
+    or needing a gain above its ``max_gain`` are not considered. ``exposure_s``
+    and ``gain`` come back when nothing shorter is faster (the stage's speed
+    already limits the sweep), or when the camera cannot say its frame period
+    for another exposure (``frame_period_s(exposure_s=...)``).
+    """
+    try:
+        inspect.signature(camera.frame_period_s).bind(exposure_s=exposure_s)
+    except (TypeError, ValueError):
+        return exposure_s, gain
+    max_gain = float(camera.max_gain.get()) if hasattr(camera, "max_gain") else gain
+    shortest = exposure_s * gain / max_gain
+    if hasattr(camera, "min_exposure_s"):
+        shortest = max(shortest, float(camera.min_exposure_s.get()))
+    if not shortest < exposure_s:
+        return exposure_s, gain
+    exposures = np.geomspace(shortest, exposure_s, 400)
+    speeds = np.array(
+        [
+            fly_speed(
+                dof_um,
+                e,
+                float(camera.frame_period_s(exposure_s=e)),
+                blur_dof=blur_dof,
+                max_spacing_dof=max_spacing_dof,
+                max_velocity_um_per_s=max_velocity_um_per_s,
+            )
+            for e in exposures
+        ]
+    )
+    if not speeds.max() > speeds[-1] * 1.001:
+        return exposure_s, gain
+    chosen = float(exposures[np.flatnonzero(speeds >= speeds.max() * 0.999)[-1]])
+    return chosen, gain * exposure_s / chosen
 
 
 #: A frame is at speed when the stage travelled this close to speed x exposure during it.
@@ -170,6 +229,7 @@ def fly_sweep(
     check_exposure: bool = True,
     false_alarm: float = DEFAULT_FALSE_ALARM,
     approach_um: float = 5.0,
+    fast_exposure: bool = True,
     md: dict | None = None,
 ):
     """Find focus with one continuous sweep of Z while the camera streams.
@@ -194,6 +254,14 @@ def fly_sweep(
     metric, illumination, move_to_best, max_extensions, check_exposure, false_alarm, approach_um :
         As for :func:`~autofocus_plans.brenner_sweep`; ``approach_um`` is also the
         run-up below the range that every sweep starts with (its frames are not judged).
+    fast_exposure : bool
+        Shorten the exposure below the one the preview settles on, raising the
+        gain to keep the frames as bright (within the camera's ``max_gain``),
+        where that lets the stage sweep faster (the blur per exposure limits the
+        speed); the start document gives the sweep's ``exposure_s`` and
+        ``fly_gain``. Shorter exposures collect fewer photons: a curve whose
+        peak does not then stand out of its noise is swept again at the full
+        exposure (each search at half the false-alarm rate) before the plan refuses.
     md : dict, optional
         Metadata merged into the start document.
 
@@ -215,7 +283,11 @@ def fly_sweep(
     stage_low, stage_high = stage_limits(stage)
     led_pattern = led.pattern.get()
     initial_exposure = float(camera.exposure_time.get())
+    initial_gain = float(camera.gain.get()) if hasattr(camera, "gain") else None
     max_velocity = float(stage.velocity.get())
+    # the move to the run-up does not settle where the stage can skip it: the run-up then
+    # lasts at least the settle time, so the stage settles while it runs up, not standing still
+    settle_s = stage_settle_time(stage) if can_skip_settle(stage) else 0.0
     t0 = time.monotonic()
     outcome: dict[str, Any] = {}
 
@@ -225,40 +297,69 @@ def fly_sweep(
         if check_exposure:
             # previews before the run: the sweep's speed depends on the exposure they settle on
             check = yield from auto_exposure(camera, stream=None)
-        exposure = float(camera.exposure_time.get())
-        period = float(camera.frame_period_s())
-        speed = _on_pattern_grid(
-            fly_speed(
+        full_exposure = float(camera.exposure_time.get())
+        full_gain = float(camera.gain.get()) if initial_gain is not None else None
+        settings = [(full_exposure, full_gain)]
+        if fast_exposure and full_gain is not None:
+            fast = fly_exposure(
+                camera,
                 dof,
-                exposure,
-                period,
+                full_exposure,
+                full_gain,
                 blur_dof=blur_dof,
                 max_spacing_dof=max_spacing_dof,
                 max_velocity_um_per_s=max_velocity,
-            ),
-            period,
-            dof,
-        )
+            )
+            if fast[0] < full_exposure:
+                settings.insert(0, fast)
+        # a shortened exposure's search may be followed by one at the full exposure
+        search_false_alarm = false_alarm / len(settings)
+        planned_looks = 1 + max_extensions  # one after each sweep
 
-        def geometry_of(a: float, b: float) -> _SweepGeometry:
-            return _sweep_geometry(
-                a,
-                b,
-                speed=speed,
-                exposure_s=exposure,
-                period_s=period,
-                run_up_um=approach_um,
-                limits=(stage_low, stage_high),
+        def sweep_plan(exposure: float):
+            """(speed, geometry of the first sweep, a function giving any other sweep's)."""
+            period = float(camera.frame_period_s())
+            speed = _on_pattern_grid(
+                fly_speed(
+                    dof,
+                    exposure,
+                    period,
+                    blur_dof=blur_dof,
+                    max_spacing_dof=max_spacing_dof,
+                    max_velocity_um_per_s=max_velocity,
+                ),
+                period,
+                dof,
             )
 
-        first = geometry_of(low, high)
+            def geometry_of(a: float, b: float) -> _SweepGeometry:
+                return _sweep_geometry(
+                    a,
+                    b,
+                    speed=speed,
+                    exposure_s=exposure,
+                    period_s=period,
+                    run_up_um=max(approach_um, speed * settle_s),
+                    limits=(stage_low, stage_high),
+                )
+
+            return speed, period, geometry_of(low, high), geometry_of
+
+        def configure(exposure: float, gain: float | None):
+            if float(camera.exposure_time.get()) != exposure:
+                yield from bps.mv(camera.exposure_time, exposure)
+            if gain is not None and float(camera.gain.get()) != gain:
+                yield from bps.mv(camera.gain, gain)
+
+        yield from configure(*settings[0])
+        exposure = settings[0][0]
+        speed, period, first, geometry_of = sweep_plan(exposure)
         # the first sweep alone is judged on a pattern known now: its threshold is computed
         # while the run opens and the stage moves (later sweeps add frames at their own phase)
-        planned_looks = 1 + max_extensions  # one after each sweep
         warm = prepare_threshold(
             first.nominal_z(),
             depth_of_field_um=dof,
-            false_alarm=false_alarm,
+            false_alarm=search_false_alarm,
             looks=planned_looks,
         )
 
@@ -270,6 +371,7 @@ def fly_sweep(
                 "relative": relative,
                 "blur_dof": blur_dof,
                 "max_spacing_dof": max_spacing_dof,
+                "fast_exposure": fast_exposure,
             },
             "method": "fly_sweep",
             "metric": metric,
@@ -283,6 +385,8 @@ def fly_sweep(
             "fly_spacing_dof": speed * period / dof,
             "fly_frame_period_s": period,
             "fly_judged_frames": first.frames,
+            "fly_gain": settings[0][1],
+            "fly_full_exposure_s": full_exposure,
             "exposure_s": exposure,
             "exposure_checks": check.frames if check else 0,
             "optics": optics_metadata(camera, led),
@@ -294,12 +398,11 @@ def fly_sweep(
         _md.update(md or {})
         curve: dict[str, list[float]] = {"z": [], "value": [], "noise": [], "saturated": []}
         exposed = [0]  # frames streamed, judged or not
-        full_travel = speed * exposure
 
-        def sweep(geometry: _SweepGeometry, warm=None):
+        def sweep(geometry: _SweepGeometry, speed: float, exposure: float, warm=None):
             yield from bps.checkpoint()
             # straight to the start of the run-up, which takes up any backlash on the way up
-            yield from bps.mv(stage, geometry.start)
+            yield from pass_through(stage, geometry.start)
             flyer.prepare(geometry.stop, speed)
             yield from bps.kickoff(flyer, wait=True)
             if warm is not None:  # waited for before the frames arrive, not after
@@ -311,6 +414,7 @@ def fly_sweep(
                 or []
             ]
             exposed[0] += len(events)
+            full_travel = speed * exposure
             z = np.array([data[flyer.z_key] for data in events])
             travel = np.array([data.get(f"{flyer.z_key}_travel", full_travel) for data in events])
             # frames in the run-up, the run-out or partly still have another blur: not judged
@@ -332,15 +436,18 @@ def fly_sweep(
                 depth_of_field_um=dof,
                 camera_noise=None if np.isnan(noise).any() else noise,
                 saturated_fraction=curve["saturated"],
-                false_alarm=false_alarm,
+                false_alarm=search_false_alarm,
                 look=looks[0],
                 looks=planned_looks,
                 metric=metric,
             )
 
-        def searched():
-            yield from bps.declare_stream(flyer, name="primary", collect=True)
-            yield from sweep(first, warm)
+        def search(speed, first, geometry_of, exposure, warm=None):
+            """Sweep the range, and beyond it while the peak is open: (verdict, extensions)."""
+            for values in curve.values():
+                values.clear()
+            looks[0] = 0
+            yield from sweep(first, speed, exposure, warm)
             judged, extensions = verdict(), 0
             span = high - low
             while judged.failed == "open" and extensions < max_extensions:
@@ -352,9 +459,24 @@ def fly_sweep(
                     a, b = max(z_sorted[0] - span / 2, stage_low), z_sorted[0]
                 if not b - a > 0.5 * dof:
                     break
-                yield from sweep(geometry_of(a, b))
+                yield from sweep(geometry_of(a, b), speed, exposure)
                 extensions += 1
                 judged = verdict()
+            return judged, extensions
+
+        def searched():
+            yield from bps.declare_stream(flyer, name="primary", collect=True)
+            judged, extensions = yield from search(speed, first, geometry_of, exposure, warm)
+            used = (exposure, speed)
+            if len(settings) > 1 and judged.failed in _NOISE_LIMITED:
+                # fewer photons may be all that hid the peak: again at the full exposure
+                yield from configure(*settings[1])
+                full_speed, _, full_first, full_geometry = sweep_plan(settings[1][0])
+                judged, more = yield from search(
+                    full_speed, full_first, full_geometry, settings[1][0]
+                )
+                extensions += more
+                used = (settings[1][0], full_speed)
             found = judged.found
             if found and move_to_best:
                 yield from approach(stage, judged.center, approach_um)
@@ -367,13 +489,14 @@ def fly_sweep(
                 exposures=exposed[0],
                 elapsed_s=time.monotonic() - t0,
                 extensions=extensions,
-                exposure_s=exposure,
+                exposure_s=used[0],
                 exposure_checks=check.frames if check else 0,
                 restarts=flyer.discarded_sweeps,
                 extra={
                     "verdict": judged.failed or "found",
-                    "fly_speed_um_per_s": speed,
+                    "fly_speed_um_per_s": used[1],
                     "judged_frames": len(curve["z"]),
+                    "full_exposure_retry": used[0] != exposure,
                 },
             )
             yield from emit_focus_result(result)
@@ -394,6 +517,8 @@ def fly_sweep(
         yield from bps.mv(led, led_pattern)
         if float(camera.exposure_time.get()) != initial_exposure:
             yield from bps.mv(camera.exposure_time, initial_exposure)
+        if initial_gain is not None and float(camera.gain.get()) != initial_gain:
+            yield from bps.mv(camera.gain, initial_gain)
         if float(stage.velocity.get()) != max_velocity:
             yield from bps.mv(stage.velocity, max_velocity)
 

@@ -45,14 +45,17 @@ def _timed(RE: RunEngine, mic: devices.SimMicroscope, plan) -> tuple[object, flo
     """(plan result or None on refusal, wall s, wall s less the simulator's frame time)."""
     from autofocus_plans import NoFocusFound
 
-    rendered = mic.model.render_seconds
+    def simulated() -> float:
+        return mic.model.render_seconds + mic.camera.stream_store_seconds
+
+    before = simulated()
     t0 = time.perf_counter()
     try:
         result = RE(plan).plan_result
     except NoFocusFound:
         result = None
     wall = time.perf_counter() - t0
-    return result, wall, wall - (mic.model.render_seconds - rendered)
+    return result, wall, wall - (simulated() - before)
 
 
 def time_to_focus(n: int, rng: np.random.Generator) -> str:

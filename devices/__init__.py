@@ -14,7 +14,7 @@ from .optics import CameraSensor, LEDArray, Objective, depth_of_field_um
 from .samples import SAMPLE_FAMILIES, ImageSample, ProceduralSample, Sample, ZStackSample
 from .simulator import FocusState, OpticalModel
 from .slide import FocalSurface, SimXYStage, SlideSample
-from .stage import SimZStage
+from .stage import SimZStage, can_skip_settle
 from .training_data import (
     LayeredSample,
     RandomisedExamples,
@@ -51,6 +51,7 @@ __all__ = [
     "ZFlyer",
     "ZStackSample",
     "angle_pattern",
+    "can_skip_settle",
     "depth_of_field_um",
     "exposure_for_level",
     "labelled_shots",

@@ -61,6 +61,12 @@ def _positive_exposure(sig, value):
 def _positive_gain(sig, value):
     if not isinstance(value, int | float) or not value > 0:
         raise ValueError(f"Camera gain must be a positive number, got {value!r}.")
+    highest = float(sig.parent.max_gain.get())
+    if value > highest:
+        raise ValueError(
+            f"Camera gain {value:g} is above the camera's maximum of {highest:g}; lower the "
+            "gain, or lengthen the exposure (or brighten the light) instead."
+        )
     return float(value)
 
 
@@ -84,8 +90,9 @@ class SimCamera(FrameRecorder):
     value that the camera's own noise predicts for this frame),
     ``<name>_mean``, ``<name>_max``, ``<name>_saturated_fraction``; the image
     ``<name>_image`` is external (HDF5). Configuration: exposure time (s) and
-    its range, gain, binning, ROI (unbinned sensor pixels), pixel size at the
-    sample (µm), bit depth, the noise model as a camera datasheet gives it
+    its range, gain (up to ``max_gain``, 16 as a CMOS camera's analog gain
+    goes), binning, ROI (unbinned sensor pixels), pixel size at the sample
+    (µm), bit depth, the noise model as a camera datasheet gives it
     (EMVA 1288): black level ``offset_adu``, ``read_noise_e`` and
     ``electrons_per_adu`` (which follows the gain), and ``scene``, the
     simulator's description of what is under the lens (JSON: the sample,
@@ -96,6 +103,7 @@ class SimCamera(FrameRecorder):
     min_exposure_s = Cpt(Signal, value=1e-5, kind="config")
     max_exposure_s = Cpt(Signal, value=10.0, kind="config")
     exposure_time = Cpt(_CheckedSignal, value=0.01, check=_positive_exposure, kind="config")
+    max_gain = Cpt(Signal, value=16.0, kind="config")
     gain = Cpt(_CheckedSignal, value=1.0, check=_positive_gain, kind="config")
     binning = Cpt(_CheckedSignal, value=1, check=_binning, kind="config")
     roi_x = Cpt(_CheckedSignal, value=0, check=_roi_value, kind="config")
@@ -116,6 +124,7 @@ class SimCamera(FrameRecorder):
         write_dir: str | Path,
         measures: Sequence[str] = ("brenner",),
         readout_time_s: float = 0.005,
+        overlap_readout: bool = True,
         time_scale: float = 1.0,
         name: str = "camera",
         **kwargs,
@@ -124,6 +133,9 @@ class SimCamera(FrameRecorder):
         self._model = model
         self._init_frames(write_dir, measures)
         self.readout_time_s = readout_time_s
+        #: while streaming, the next exposure starts during the last frame's readout
+        #: (as CMOS cameras stream); triggered frames always take exposure + readout
+        self.overlap_readout = bool(overlap_readout)
         self.time_scale = time_scale
         height, width = model.sensor.shape
         self.roi_width.put(width)
@@ -140,6 +152,9 @@ class SimCamera(FrameRecorder):
         self.render_workers = min(4, len(os.sched_getaffinity(0)))
         #: per-frame readings of the last stream (see :meth:`stop_streaming`)
         self.streamed: list[dict[str, float]] = []
+        #: seconds spent measuring and writing streamed frames after their stream stopped
+        #: (a real camera and its file writer do that during the stream)
+        self.stream_store_seconds = 0.0
 
     def _update_pixel_size(self, value, **kwargs):
         self.pixel_size_um.put(self._model.sample_pixel_um(int(value)))
@@ -213,9 +228,17 @@ class SimCamera(FrameRecorder):
         return status
 
     # -- streaming (continuous acquisition, for fly scans) -------------------------
-    def frame_period_s(self) -> float:
-        """Time from one frame's start to the next's when streaming (exposure + readout)."""
-        return self.exposure_time.get() + self.readout_time_s
+    def frame_period_s(self, exposure_s: float | None = None) -> float:
+        """Time from one frame's start to the next's when streaming.
+
+        The longer of the exposure and the readout when the readout overlaps
+        the next exposure (:attr:`overlap_readout`), their sum otherwise; for
+        the current exposure unless ``exposure_s`` is given.
+        """
+        exposure = self.exposure_time.get() if exposure_s is None else float(exposure_s)
+        if self.overlap_readout:
+            return max(exposure, self.readout_time_s)
+        return exposure + self.readout_time_s
 
     def start_streaming(self, max_frames: int = 10_000) -> None:
         """Start exposing frames back to back, one every :meth:`frame_period_s`.
@@ -285,10 +308,12 @@ class SimCamera(FrameRecorder):
                 for start in range(0, len(chosen), 16):  # bounded memory for long streams
                     batch = chosen[start : start + 16]
                     frames = self._model.expose_many(settings, batch, workers=self.render_workers)
+                    started = time.perf_counter()
                     for (t0, t1), frame in zip(batch, frames, strict=True):
                         values = self._store(frame)
                         values.update(exposure_start=t0, exposure_end=t1)
                         self.streamed.append(values)
+                    self.stream_store_seconds += time.perf_counter() - started
             except Exception as exc:
                 status.set_exception(exc)
             else:

@@ -16,6 +16,8 @@ import time
 import numpy as np
 from ophyd.status import DeviceStatus, Status
 
+from .stage import can_skip_settle
+
 __all__ = ["ZFlyer"]
 
 _FRAME_KEYS = ("mean", "max", "saturated_fraction", "brenner_noise")
@@ -96,7 +98,11 @@ class ZFlyer:
         self.stage.velocity.put(self._speed)
         self.stage.readback.subscribe(self._on_readback, run=False)
         self.camera.start_streaming()
-        self._move = self.stage.set(self._target)
+        # the end of the sweep is passed through (the plan moves on from there): no settle
+        if can_skip_settle(self.stage):
+            self._move = self.stage.set(self._target, settle=False)
+        else:
+            self._move = self.stage.set(self._target)
         status = Status(obj=self)
         status.set_finished()
         return status

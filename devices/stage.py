@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import inspect
 import math
 import threading
 import time
@@ -13,14 +14,24 @@ from ophyd.sim import SynAxis
 from ophyd.status import MoveStatus
 from ophyd.utils import LimitError
 
-__all__ = ["SimZStage"]
+__all__ = ["SimZStage", "can_skip_settle"]
+
+
+def can_skip_settle(stage) -> bool:
+    """Whether ``stage.set`` takes ``settle=False`` (a move to a point only passed through)."""
+    try:
+        return "settle" in inspect.signature(stage.set).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class SimZStage(SynAxis):
     """A linear stage in micrometres with soft limits, finite speed and optional backlash.
 
     A move takes ``|Δz| / velocity + settle_time_s`` seconds, multiplied by
-    ``time_scale`` (0 makes every move instant, for tests). While it moves,
+    ``time_scale`` (0 makes every move instant, for tests); a move that only
+    passes through on the way elsewhere may skip the settle
+    (``set(z, settle=False)``), as nothing is exposed there. While it moves,
     the stage travels at constant speed and its readback updates
     ``readback_rate_hz`` times a second with the time of each reading, as a
     motor controller's does; :meth:`stop` halts it where it is. A move outside
@@ -135,7 +146,8 @@ class SimZStage(SynAxis):
                 timestamp=timestamp,
             )
 
-    def set(self, value: float) -> MoveStatus:
+    def set(self, value: float, *, settle: bool = True) -> MoveStatus:
+        """Move to ``value`` µm; ``settle=False`` skips the settle (a point passed through)."""
         try:
             target = float(value)
         except (TypeError, ValueError):
@@ -164,7 +176,7 @@ class SimZStage(SynAxis):
             self._lag = 0.0
         status = MoveStatus(positioner=self, target=target)
         speed = self.velocity.get() / self.time_scale if self.time_scale else math.inf
-        settle = self.settle_time_s.get() * self.time_scale
+        settle = self.settle_time_s.get() * self.time_scale if settle else 0.0
         self._stop_requested.clear()
         self._moving.set()
 

@@ -11,6 +11,8 @@ from bluesky.utils import RunEngineInterrupted
 
 from autofocus_plans import (
     NoFocusFound,
+    fly_exposure,
+    fly_speed,
     fly_sweep,
     focus_map,
     load_table,
@@ -46,10 +48,16 @@ def test_fly_sweep_finds_focus_and_each_frame_gets_the_stage_position_mid_exposu
     assert result.found and abs(result.best_z - mic.true_focus()) <= 0.15 * dof
     assert mic.z.position == pytest.approx(result.best_z)
     assert mic.led.pattern.get() == "center" and mic.z.velocity.get() == velocity
+    assert mic.camera.exposure_time.get() == 0.01 and mic.camera.gain.get() == 1.0
 
     run = catalog[result.run_uid]
     assert run.start["fly_blur_dof"] <= 0.5 + 1e-9  # the defaults
     assert run.start["fly_spacing_dof"] <= 0.75 + 1e-9
+    # the exposure was shortened (the gain raised as much) so that the stage sweeps at its
+    # top speed, rounded down to the peak test's pattern grid
+    assert run.start["exposure_s"] < run.start["fly_full_exposure_s"] == 0.01
+    assert run.start["fly_gain"] * run.start["exposure_s"] == pytest.approx(0.01)
+    assert 0.98 * velocity <= run.start["fly_speed_um_per_s"] <= velocity
     table = load_table(run)
     mid = table["camera_exposure_start"] + table["camera_exposure_s"] / 2
     truth = np.array([mic.z.motor_position_at(t) for t in mid])
@@ -110,12 +118,35 @@ def test_a_second_fly_sweep_over_the_same_range_computes_no_new_threshold(RE, tm
     assert peak._threshold.cache_info().misses == computed
 
 
-def test_fly_sweep_refuses_a_blank_field_and_returns_the_stage(RE, tmp_path):
+def test_fly_sweep_refuses_a_blank_field_and_returns_the_stage(RE, catalog, tmp_path):
     blank = ImageSample(amplitude=np.ones((64, 64)), label="blank")
     mic = _fly_scope(tmp_path, sample=blank, z_start_um=3.0)
-    with pytest.raises(NoFocusFound, match=r"No focus peak.*returned to 3\.00 µm"):
+    subscribe_catalog(RE, catalog, cameras=[mic.camera])
+    with pytest.raises(NoFocusFound, match=r"No focus peak.*returned to 3\.00 µm") as refused:
         RE(fly_sweep(mic.camera, mic.z, mic.led, -15, 15, max_extensions=0))
     assert mic.z.position == 3.0
+    assert mic.camera.exposure_time.get() == 0.01 and mic.camera.gain.get() == 1.0
+    # nothing stood out at the short exposure: swept again at the full one before refusing
+    result = refused.value.result
+    assert result.extra["full_exposure_retry"] and result.exposure_s == 0.01
+    table = load_table(catalog[-1])
+    exposures = np.unique(np.round(table["camera_exposure_s"], 4))
+    assert len(exposures) == 2 and exposures[-1] == 0.01
+
+
+def test_fly_exposure_is_shortened_only_where_that_makes_the_sweep_faster(tmp_path):
+    camera = _fly_scope(tmp_path).camera
+    dof = 4.0
+    # at 10 ms the blur allows 200 µm/s: 4 ms (gain x2.5) reaches a 500 µm/s stage's top
+    exposure, gain = fly_exposure(camera, dof, 0.01, 1.0, max_velocity_um_per_s=500.0)
+    assert exposure == pytest.approx(0.5 * dof / 500.0, rel=0.02) and gain * exposure == 0.01
+    assert fly_speed(dof, exposure, camera.frame_period_s(exposure_s=exposure)) >= 495.0
+    # a slow stage limits the sweep already; a camera at its maximum gain cannot brighten
+    assert fly_exposure(camera, dof, 0.01, 1.0, max_velocity_um_per_s=150.0) == (0.01, 1.0)
+    assert fly_exposure(camera, dof, 0.01, 16.0, max_velocity_um_per_s=500.0) == (0.01, 16.0)
+    # the gain stops at the camera's maximum, and so does the shortening
+    exposure, gain = fly_exposure(camera, dof, 0.01, 8.0, max_velocity_um_per_s=500.0)
+    assert gain == pytest.approx(16.0) and exposure == pytest.approx(0.005)
 
 
 def test_fly_sweep_needs_a_streaming_camera_and_a_sane_range(RE, tmp_path):

@@ -1,8 +1,10 @@
+import time
+
 import numpy as np
 import pytest
 from ophyd.utils import LimitError
 
-from devices import PATTERNS, SimMicroscope
+from devices import PATTERNS, SimMicroscope, can_skip_settle
 
 
 def test_stage_refuses_moves_outside_soft_limits(tmp_path):
@@ -19,6 +21,48 @@ def test_stage_moves_take_realistic_time(tmp_path):
     assert mic.z.move_time_s(50) == pytest.approx(0.51)
     mic.z.time_scale = 0
     assert mic.z.move_time_s(50) == 0
+
+
+def test_a_move_to_a_point_only_passed_through_skips_the_settle(tmp_path):
+    mic = SimMicroscope(frames_dir=tmp_path, velocity_um_per_s=1e6, settle_time_s=0.4)
+    assert can_skip_settle(mic.z)
+    started = time.monotonic()
+    mic.z.set(-10, settle=False).wait(timeout=5)
+    passed = time.monotonic() - started
+    mic.z.set(0).wait(timeout=5)
+    settled = time.monotonic() - started - passed
+    assert passed < 0.2 < 0.4 <= settled
+    assert mic.z.position == 0
+
+
+def test_streaming_overlaps_the_readout_with_the_next_exposure(tmp_path):
+    mic = SimMicroscope(frames_dir=tmp_path, time_scale=1)
+    camera = mic.camera
+    readout = camera.readout_time_s
+    assert camera.frame_period_s(exposure_s=readout / 2) == readout
+    assert camera.frame_period_s(exposure_s=3 * readout) == 3 * readout
+    camera.overlap_readout = False
+    assert camera.frame_period_s(exposure_s=readout / 2) == 1.5 * readout
+    camera.overlap_readout = True
+    camera.exposure_time.put(readout / 2)
+    camera.stage()
+    try:
+        camera.start_streaming()
+        time.sleep(0.1)
+        camera.stop_streaming().wait(timeout=60)
+    finally:
+        camera.unstage()
+    starts = np.array([frame["exposure_start"] for frame in camera.streamed])
+    assert len(starts) >= 5
+    assert np.allclose(np.diff(starts), readout, rtol=0, atol=1e-6)  # per readout, not per sum
+
+
+def test_the_gain_stops_at_the_cameras_maximum(tmp_path):
+    camera = SimMicroscope(frames_dir=tmp_path, time_scale=0).camera
+    camera.gain.put(camera.max_gain.get())
+    with pytest.raises(ValueError, match=r"above the camera's maximum of 16; lower the gain"):
+        camera.gain.put(20.0)
+    assert camera.gain.get() == 16.0
 
 
 def test_backlash_lags_after_downward_moves(tmp_path):
