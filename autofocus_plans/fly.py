@@ -131,6 +131,14 @@ def fly_exposure(
     return chosen, gain * exposure_s / chosen
 
 
+def _expose_with(camera, exposure_s: float, gain: float | None):
+    """Plan stub: set the camera's exposure and gain (None: leave it) where they differ."""
+    if float(camera.exposure_time.get()) != exposure_s:
+        yield from bps.mv(camera.exposure_time, exposure_s)
+    if gain is not None and float(camera.gain.get()) != gain:
+        yield from bps.mv(camera.gain, gain)
+
+
 #: A frame is at speed when the stage travelled this close to speed x exposure during it.
 _AT_SPEED_TOLERANCE = 0.02
 
@@ -345,13 +353,7 @@ def fly_sweep(
 
             return speed, period, geometry_of(low, high), geometry_of
 
-        def configure(exposure: float, gain: float | None):
-            if float(camera.exposure_time.get()) != exposure:
-                yield from bps.mv(camera.exposure_time, exposure)
-            if gain is not None and float(camera.gain.get()) != gain:
-                yield from bps.mv(camera.gain, gain)
-
-        yield from configure(*settings[0])
+        yield from _expose_with(camera, *settings[0])
         exposure = settings[0][0]
         speed, period, first, geometry_of = sweep_plan(exposure)
         # the first sweep alone is judged on a pattern known now: its threshold is computed
@@ -470,7 +472,7 @@ def fly_sweep(
             used = (exposure, speed)
             if len(settings) > 1 and judged.failed in _NOISE_LIMITED:
                 # fewer photons may be all that hid the peak: again at the full exposure
-                yield from configure(*settings[1])
+                yield from _expose_with(camera, *settings[1])
                 full_speed, _, full_first, full_geometry = sweep_plan(settings[1][0])
                 judged, more = yield from search(
                     full_speed, full_first, full_geometry, settings[1][0]
@@ -515,10 +517,7 @@ def fly_sweep(
 
     def restore():
         yield from bps.mv(led, led_pattern)
-        if float(camera.exposure_time.get()) != initial_exposure:
-            yield from bps.mv(camera.exposure_time, initial_exposure)
-        if initial_gain is not None and float(camera.gain.get()) != initial_gain:
-            yield from bps.mv(camera.gain, initial_gain)
+        yield from _expose_with(camera, initial_exposure, initial_gain)
         if float(stage.velocity.get()) != max_velocity:
             yield from bps.mv(stage.velocity, max_velocity)
 
