@@ -220,6 +220,47 @@ def _sweep_geometry(
     )
 
 
+def _early_judge(geometry: _SweepGeometry, full_travel: float, looks, early: dict, assess):
+    """A :class:`~devices.ZFlyer` judge that stops the sweep at the first look finding a peak.
+
+    ``looks`` are (judged frames, look number, threshold future) in order;
+    each is taken once that many judged frames (at speed, from the start of the
+    range) have arrived, if its threshold is ready by then (a look not taken
+    spends nothing). ``assess(frames, look)`` gives the peak verdict. The look
+    that stopped the sweep and its frames' exposure starts go into ``early``.
+    """
+    lowest = geometry.center - 0.5 * geometry.frames * geometry.spacing_um
+    pending = list(looks)
+
+    def judge(frames) -> bool:
+        judged = [
+            f
+            for f in frames
+            if abs(f["travel"] - full_travel) <= _AT_SPEED_TOLERANCE * full_travel
+            and f["z"] >= lowest
+        ]
+        due = [i for i, (count, _, _) in enumerate(pending) if count <= len(judged)]
+        if not due:
+            return False
+        count, look, threshold = pending[due[-1]]
+        del pending[: due[-1] + 1]
+        if threshold is not None and not threshold.done():
+            return False  # computing it now would take longer than the sweep
+        part = judged[:count]
+        if not assess(part, look).found:
+            return False
+        early.update(look=look, starts=[f["exposure_start"] for f in part])
+        return True
+
+    return judge
+
+
+def _early_checks(geometry: _SweepGeometry, dof_um: float) -> list[int]:
+    """How many judged frames each look during a sweep takes (every second one, from 3 DOF)."""
+    first = max(5, math.ceil(3.0 * dof_um / geometry.spacing_um))
+    return list(range(first, geometry.frames, 2))
+
+
 def fly_sweep(
     camera: Readable,
     stage: Movable,
@@ -238,6 +279,7 @@ def fly_sweep(
     false_alarm: float = DEFAULT_FALSE_ALARM,
     approach_um: float = 5.0,
     fast_exposure: bool = True,
+    early_stop: bool = False,
     md: dict | None = None,
 ):
     """Find focus with one continuous sweep of Z while the camera streams.
@@ -270,6 +312,21 @@ def fly_sweep(
         ``fly_gain``. Shorter exposures collect fewer photons: a curve whose
         peak does not then stand out of its noise is swept again at the full
         exposure (each search at half the false-alarm rate) before the plan refuses.
+    early_stop : bool
+        Judge the curve while the stage sweeps (every second frame, once it
+        spans 3 depths of field) and stop the sweep as soon as it shows a peak
+        that passes the peak test; the stage then needs neither the rest of the
+        sweep nor the way back from its end. The range beyond the stop is
+        **not searched**: a second peak there (another layer) goes unseen, so
+        use it on samples with one focal plane (a slide scan), not to find out
+        whether there are two. The first such sweep over a range in a session
+        waits for its looks' thresholds (about 0.2 s of computing each). Each
+        look is one of the planned looks
+        (:func:`~autofocus_plans.peak.look_false_alarm`), so the search's
+        false-alarm rate stays ``false_alarm``. Needs a camera that hands
+        frames over during the sweep (the simulator's does); the start
+        document says ``fly_early_stop`` and the result's ``extra`` whether
+        the sweep ``stopped_early``.
     md : dict, optional
         Metadata merged into the start document.
 
@@ -322,7 +379,29 @@ def fly_sweep(
                 settings.insert(0, fast)
         # a shortened exposure's search may be followed by one at the full exposure
         search_false_alarm = false_alarm / len(settings)
-        planned_looks = 1 + max_extensions  # one after each sweep
+
+        def looks_for(geometry: _SweepGeometry) -> tuple[list[int], int]:
+            """The looks during the first sweep (frames each), and all the looks planned."""
+            checks = _early_checks(geometry, dof) if early_stop else []
+            return checks, 1 + len(checks) + max_extensions  # + one after each sweep
+
+        def prepared_early_looks(geometry: _SweepGeometry, checks: list[int], planned: int):
+            """(frames, look, threshold being computed) for each look during the sweep."""
+            nominal = geometry.nominal_z()
+            return [
+                (
+                    frames,
+                    2 + j,
+                    prepare_threshold(
+                        nominal[:frames],
+                        depth_of_field_um=dof,
+                        false_alarm=search_false_alarm,
+                        look=2 + j,
+                        looks=planned,
+                    ),
+                )
+                for j, frames in enumerate(checks)
+            ]
 
         def sweep_plan(exposure: float):
             """(speed, geometry of the first sweep, a function giving any other sweep's)."""
@@ -356,6 +435,7 @@ def fly_sweep(
         yield from _expose_with(camera, *settings[0])
         exposure = settings[0][0]
         speed, period, first, geometry_of = sweep_plan(exposure)
+        checks, planned_looks = looks_for(first)
         # the first sweep alone is judged on a pattern known now: its threshold is computed
         # while the run opens and the stage moves (later sweeps add frames at their own phase)
         warm = prepare_threshold(
@@ -364,6 +444,7 @@ def fly_sweep(
             false_alarm=search_false_alarm,
             looks=planned_looks,
         )
+        early_looks = prepared_early_looks(first, checks, planned_looks)
 
         _md = {
             "plan_name": "fly_sweep",
@@ -374,6 +455,7 @@ def fly_sweep(
                 "blur_dof": blur_dof,
                 "max_spacing_dof": max_spacing_dof,
                 "fast_exposure": fast_exposure,
+                "early_stop": early_stop,
             },
             "method": "fly_sweep",
             "metric": metric,
@@ -388,6 +470,7 @@ def fly_sweep(
             "fly_frame_period_s": period,
             "fly_judged_frames": first.frames,
             "fly_gain": settings[0][1],
+            "fly_early_stop": early_stop,
             "fly_full_exposure_s": full_exposure,
             "exposure_s": exposure,
             "exposure_checks": check.frames if check else 0,
@@ -401,11 +484,24 @@ def fly_sweep(
         curve: dict[str, list[float]] = {"z": [], "value": [], "noise": [], "saturated": []}
         exposed = [0]  # frames streamed, judged or not
 
-        def sweep(geometry: _SweepGeometry, speed: float, exposure: float, warm=None):
+        early: dict[str, Any] = {}  # the look that stopped the last sweep, and its frames
+
+        def sweep(geometry: _SweepGeometry, speed: float, exposure: float, warm=None, looks=None):
+            """Sweep; ``looks`` (:func:`prepared_early_looks`) may stop it at a peak."""
             yield from bps.checkpoint()
             # straight to the start of the run-up, which takes up any backlash on the way up
             yield from pass_through(stage, geometry.start)
-            flyer.prepare(geometry.stop, speed)
+            early.clear()
+            if looks:  # a look whose threshold is not ready is not taken: have them all first
+                yield from bps.wait_for(
+                    [lambda f=f: asyncio.wrap_future(f) for _, _, f in looks if f is not None]
+                )
+            judge = (
+                _early_judge(geometry, speed * exposure, looks, early, assess_early)
+                if looks
+                else None
+            )
+            flyer.prepare(geometry.stop, speed, judge=judge)
             yield from bps.kickoff(flyer, wait=True)
             if warm is not None:  # waited for before the frames arrive, not after
                 yield from bps.wait_for([lambda: asyncio.wrap_future(warm)])
@@ -419,8 +515,14 @@ def fly_sweep(
             full_travel = speed * exposure
             z = np.array([data[flyer.z_key] for data in events])
             travel = np.array([data.get(f"{flyer.z_key}_travel", full_travel) for data in events])
-            # frames in the run-up, the run-out or partly still have another blur: not judged
-            for i in geometry.judged(z, travel, full_travel):
+            if flyer.stopped_early and early:  # judged on the frames the peak was seen in
+                starts = np.array([data[f"{camera.name}_exposure_start"] for data in events])
+                chosen = np.flatnonzero(np.isin(starts, early["starts"]))
+                chosen = chosen[np.argsort(z[chosen], kind="stable")]
+            else:
+                # frames in the run-up, the run-out or partly still have another blur: not judged
+                chosen = geometry.judged(z, travel, full_travel)
+            for i in chosen:
                 data = events[i]
                 curve["z"].append(data[flyer.z_key])
                 curve["value"].append(data[key])
@@ -428,29 +530,56 @@ def fly_sweep(
                 curve["saturated"].append(data.get(f"{camera.name}_saturated_fraction", 0.0))
 
         looks = [0]  # each sweep's verdict is another look at the growing curve
+        planned = [planned_looks]
+        stopped_early = [False]
 
-        def verdict():
-            noise = np.asarray(curve["noise"])
-            looks[0] += 1
+        def judge_curve(z, values, noise, saturated, look: int):
+            noise = np.asarray(noise, dtype=float)
             return assess_peak(
-                curve["z"],
-                curve["value"],
+                z,
+                values,
                 depth_of_field_um=dof,
                 camera_noise=None if np.isnan(noise).any() else noise,
-                saturated_fraction=curve["saturated"],
+                saturated_fraction=saturated,
                 false_alarm=search_false_alarm,
-                look=looks[0],
-                looks=planned_looks,
+                look=look,
+                looks=planned[0],
                 metric=metric,
             )
 
-        def search(speed, first, geometry_of, exposure, warm=None):
+        measure = key[len(camera.name) + 1 :]
+
+        def assess_early(frames, look: int):
+            return judge_curve(
+                [f["z"] for f in frames],
+                [f[measure] for f in frames],
+                [f.get(f"{measure}_noise", math.nan) for f in frames],
+                [f.get("saturated_fraction", 0.0) for f in frames],
+                look,
+            )
+
+        def verdict(look: int | None = None):
+            looks[0] += 1
+            return judge_curve(
+                curve["z"],
+                curve["value"],
+                curve["noise"],
+                curve["saturated"],
+                looks[0] if look is None else look,
+            )
+
+        def search(speed, first, geometry_of, exposure, warm=None, early_looks=None):
             """Sweep the range, and beyond it while the peak is open: (verdict, extensions)."""
             for values in curve.values():
                 values.clear()
-            looks[0] = 0
-            yield from sweep(first, speed, exposure, warm)
-            judged, extensions = verdict(), 0
+            checks, planned[0] = looks_for(first)
+            looks[0] = len(checks)  # looks 2 to 1 + len(checks) are taken during the first sweep
+            if early_stop and early_looks is None:
+                early_looks = prepared_early_looks(first, checks, planned[0])
+            yield from sweep(first, speed, exposure, warm, early_looks)
+            stopped = flyer.stopped_early and bool(early)
+            judged, extensions = verdict(early["look"] if stopped else 1), 0
+            stopped_early[0] = stopped
             span = high - low
             while judged.failed == "open" and extensions < max_extensions:
                 side = judged.extra.get("side")
@@ -468,7 +597,9 @@ def fly_sweep(
 
         def searched():
             yield from bps.declare_stream(flyer, name="primary", collect=True)
-            judged, extensions = yield from search(speed, first, geometry_of, exposure, warm)
+            judged, extensions = yield from search(
+                speed, first, geometry_of, exposure, warm, early_looks
+            )
             used = (exposure, speed)
             if len(settings) > 1 and judged.failed in _NOISE_LIMITED:
                 # fewer photons may be all that hid the peak: again at the full exposure
@@ -499,6 +630,7 @@ def fly_sweep(
                     "fly_speed_um_per_s": used[1],
                     "judged_frames": len(curve["z"]),
                     "full_exposure_retry": used[0] != exposure,
+                    "stopped_early": stopped_early[0],
                 },
             )
             yield from emit_focus_result(result)

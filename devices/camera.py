@@ -12,10 +12,12 @@ Channel Access camera.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,8 @@ from .frames import HDF5_DATASET, FrameRecorder
 from .simulator import CameraSettings, OpticalModel
 
 __all__ = ["HDF5_DATASET", "SimCamera"]
+
+logger = logging.getLogger(__name__)
 
 
 class _CheckedSignal(Signal):
@@ -148,6 +152,7 @@ class SimCamera(FrameRecorder):
         self.gain.subscribe(self._update_conversion, run=False)
         self._update_conversion(self.gain.get())
         self._streaming: tuple | None = None
+        self._anticipated: tuple | None = None
         #: threads computing streamed frames (the simulation, not the camera)
         self.render_workers = min(4, len(os.sched_getaffinity(0)))
         #: per-frame readings of the last stream (see :meth:`stop_streaming`)
@@ -240,15 +245,57 @@ class SimCamera(FrameRecorder):
             return max(exposure, self.readout_time_s)
         return exposure + self.readout_time_s
 
-    def start_streaming(self, max_frames: int = 10_000) -> None:
+    def anticipate_stream(self, position_after: Callable[[float], float], duration_s: float) -> int:
+        """Render the next stream's frames ahead, for a stage that will follow a known path.
+
+        ``position_after(s)`` is the stage's Z ``s`` seconds after the stream
+        starts (a planned move, e.g. :meth:`SimZStage.path_of_move
+        <devices.SimZStage.path_of_move>`); frames are rendered for the
+        stream's first ``duration_s`` seconds. A real camera measures each
+        frame as it is read out; the simulator cannot render that fast, so it
+        renders them before the stream starts (the time it takes is simulation,
+        counted in the model's ``render_seconds``) and hands each one's
+        readings to :meth:`start_streaming`'s ``on_frame`` when the frame would
+        have been read out, never earlier. A frame the stage did not in the end
+        expose along the planned path (it was stopped) is rendered again from
+        the path it took. Returns the number of frames rendered.
+        """
+        settings = self.settings()
+        period = self.frame_period_s() * self.time_scale
+        exposure = settings.exposure_s * self.time_scale
+        count = max(0, math.floor((duration_s - exposure) / period + 1e-9) + 1)
+        windows = [(k * period, k * period + exposure) for k in range(count)]
+        frames = self._model.expose_many(
+            settings, windows, workers=self.render_workers, position_at=position_after
+        )
+        started = time.perf_counter()
+        readings = [self._readings(frame) for frame in frames]
+        self.stream_store_seconds += time.perf_counter() - started
+        self._anticipated = (settings, position_after, frames, readings)
+        return count
+
+    def start_streaming(
+        self,
+        max_frames: int = 10_000,
+        *,
+        start_at: float | None = None,
+        on_frame: Callable[[dict[str, float]], None] | None = None,
+    ) -> None:
         """Start exposing frames back to back, one every :meth:`frame_period_s`.
 
         Each frame's exposure window (start and end, ``time.time()`` seconds)
-        is recorded as the camera's clock gives it. The simulator renders the
-        frames when :meth:`stop_streaming` is called, from the recorded
-        windows and the stage's recorded path: a real camera delivers them
-        during the sweep, and this keeps the time the simulation takes out of
-        the instrument's timeline. Frames go to the staged HDF5 file.
+        is recorded as the camera's clock gives it, the first starting at
+        ``start_at`` (default now). The simulator renders the frames when
+        :meth:`stop_streaming` is called, from the recorded windows and the
+        stage's recorded path: a real camera delivers them during the sweep,
+        and this keeps the time the simulation takes out of the instrument's
+        timeline. Frames go to the staged HDF5 file.
+
+        ``on_frame(readings)`` is called with each frame's readings (as in
+        :attr:`streamed`) one readout after its exposure ends, for the frames
+        rendered ahead by :meth:`anticipate_stream` (the stream then starts when
+        the stage's planned move does); without them there is nothing to hand
+        over during the stream.
         """
         if self.time_scale == 0:
             raise ValueError(
@@ -260,11 +307,15 @@ class SimCamera(FrameRecorder):
         settings = self.settings()
         period = self.frame_period_s() * self.time_scale
         exposure = settings.exposure_s * self.time_scale
+        readout = self.readout_time_s * self.time_scale
         stop = threading.Event()
         windows: list[tuple[float, float]] = []
+        t0 = time.time() if start_at is None else float(start_at)
+        anticipated, self._anticipated = self._anticipated, None
+        if anticipated is not None and anticipated[0] != settings:
+            anticipated = None  # rendered for other settings: of no use
 
         def expose_back_to_back() -> None:
-            t0 = time.time()
             for k in range(max_frames):
                 start = t0 + k * period
                 end = start + exposure
@@ -278,12 +329,41 @@ class SimCamera(FrameRecorder):
                 while time.time() < start + period and not stop.is_set():
                     time.sleep(min(0.002, max(0.0, start + period - time.time())))
 
+        def hand_over() -> None:  # each frame's readings, once it would have been read out
+            assert anticipated is not None and on_frame is not None
+            for k, values in enumerate(anticipated[3]):
+                start = t0 + k * period
+                if stop.wait(max(0.0, start + exposure + readout - time.time())):
+                    return
+                if k >= len(windows):  # not exposed after all
+                    return
+                try:
+                    on_frame({**values, "exposure_start": start, "exposure_end": start + exposure})
+                except Exception:  # the consumer's fault: the stream goes on regardless
+                    logger.exception("on_frame callback of camera %s failed", self.name)
+                    return
+
         thread = threading.Thread(
             target=expose_back_to_back, name=f"{self.name}-stream", daemon=True
         )
-        self._streaming = (thread, stop, windows, settings)
+        self._streaming = (thread, stop, windows, settings, t0, anticipated)
         self.streamed = []
         thread.start()
+        if anticipated is not None and on_frame is not None:
+            threading.Thread(target=hand_over, name=f"{self.name}-live", daemon=True).start()
+
+    def _anticipated_frame(self, anticipated, t0: float, k: int, window) -> np.ndarray | None:
+        """Frame ``k`` as rendered ahead, if the stage followed the planned path through it."""
+        if anticipated is None or k >= len(anticipated[2]):
+            return None
+        path, at = anticipated[1], self._model.stage_position_at
+        if at is None:
+            return None
+        start, end = window
+        for t in (start, 0.5 * (start + end), end):
+            if abs(at(t) - path(t - t0)) > 1e-6:
+                return None
+        return anticipated[2][k]
 
     def stop_streaming(self, *, discard: bool = False) -> DeviceStatus:
         """Stop streaming; the Status finishes when every exposed frame is stored.
@@ -298,20 +378,30 @@ class SimCamera(FrameRecorder):
         if self._streaming is None:
             status.set_finished()
             return status
-        thread, stop, windows, settings = self._streaming
+        thread, stop, windows, settings, t0, anticipated = self._streaming
         stop.set()
 
         def render() -> None:
             try:
                 thread.join()
                 chosen = [] if discard else windows
-                for start in range(0, len(chosen), 16):  # bounded memory for long streams
-                    batch = chosen[start : start + 16]
-                    frames = self._model.expose_many(settings, batch, workers=self.render_workers)
+                for first in range(0, len(chosen), 16):  # bounded memory for long streams
+                    batch = chosen[first : first + 16]
+                    frames = [
+                        self._anticipated_frame(anticipated, t0, first + i, window)
+                        for i, window in enumerate(batch)
+                    ]
+                    missing = [i for i, frame in enumerate(frames) if frame is None]
+                    if missing:
+                        rendered = self._model.expose_many(
+                            settings, [batch[i] for i in missing], workers=self.render_workers
+                        )
+                        for i, frame in zip(missing, rendered, strict=True):
+                            frames[i] = frame
                     started = time.perf_counter()
-                    for (t0, t1), frame in zip(batch, frames, strict=True):
+                    for (w0, w1), frame in zip(batch, frames, strict=True):
                         values = self._store(frame)
-                        values.update(exposure_start=t0, exposure_end=t1)
+                        values.update(exposure_start=w0, exposure_end=w1)
                         self.streamed.append(values)
                     self.stream_store_seconds += time.perf_counter() - started
             except Exception as exc:

@@ -9,9 +9,11 @@ readback's own timestamps), never a commanded position.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 from ophyd.status import DeviceStatus, Status
@@ -19,6 +21,8 @@ from ophyd.status import DeviceStatus, Status
 from .stage import can_skip_settle
 
 __all__ = ["ZFlyer"]
+
+logger = logging.getLogger(__name__)
 
 _FRAME_KEYS = ("mean", "max", "saturated_fraction", "brenner_noise")
 
@@ -30,6 +34,15 @@ class ZFlyer:
     ``describe_collect``, ``collect``, ``collect_asset_docs``). Call
     :meth:`prepare` with the end point and speed before each kickoff; the
     stage's velocity is restored after the sweep.
+
+    A ``judge`` given to :meth:`prepare` sees the frames while the stage
+    moves (where the camera hands them over as they are read out: a
+    :class:`~devices.SimCamera` renders them ahead along the stage's planned
+    path, :meth:`~devices.SimCamera.anticipate_stream`), each as a dict of the
+    camera's readings plus ``z`` and ``travel`` (from the readback, once the
+    readback has passed the frame's end); when it returns True the stage
+    stops there (:attr:`stopped_early`) and the sweep ends with the frames
+    exposed so far.
 
     Collected fields, one event per frame: the stage position ``<z field>``
     (µm, readback interpolated to mid-exposure), ``<z field>_travel`` (µm the
@@ -62,25 +75,82 @@ class ZFlyer:
         self._finisher: threading.Thread | None = None
         #: sweeps cut short by a pause (and swept again)
         self.discarded_sweeps = 0
+        self._judge: Callable[[list[dict[str, float]]], bool] | None = None
+        self._live = threading.Condition(self._lock)
+        self._live_pending: list[dict[str, float]] = []
+        self._live_closed = True
+        #: frames the judge saw during the last sweep (camera readings plus ``z``, ``travel``)
+        self.live_frames: list[dict[str, float]] = []
+        #: whether the judge stopped the last sweep
+        self.stopped_early = False
 
     @property
     def z_key(self) -> str:
         fields = getattr(self.stage, "hints", {}).get("fields", [])
         return fields[0] if fields else self.stage.name
 
-    def prepare(self, stop: float, velocity_um_per_s: float) -> None:
-        """Set the end of the next sweep (µm) and its speed (µm/s)."""
+    def prepare(
+        self,
+        stop: float,
+        velocity_um_per_s: float,
+        *,
+        judge: Callable[[list[dict[str, float]]], bool] | None = None,
+    ) -> None:
+        """Set the end of the next sweep (µm), its speed (µm/s) and who may stop it early.
+
+        ``judge(frames)`` is called, from a thread of the flyer's, with every
+        frame seen so far each time more arrive; True stops the stage.
+        """
         if not math.isfinite(stop) or not velocity_um_per_s > 0:
             raise ValueError(
                 f"A fly sweep needs a finite end point and a positive speed, got stop={stop!r}, "
                 f"velocity={velocity_um_per_s!r}."
             )
         self._target, self._speed = float(stop), float(velocity_um_per_s)
+        self._judge = judge
 
     # -- bluesky flyer protocol -----------------------------------------------------
     def _on_readback(self, value, timestamp, **kwargs) -> None:
         with self._lock:
             self._readbacks.append((float(timestamp), float(value)))
+            self._live.notify_all()
+
+    def _on_live_frame(self, readings: dict[str, float]) -> None:
+        with self._lock:
+            self._live_pending.append(readings)
+            self._live.notify_all()
+
+    def _judge_live(self, judge) -> None:
+        """Give the judge each frame once the readback has passed its end; stop if it says so."""
+
+        def ready() -> bool:
+            return self._live_closed or bool(
+                self._live_pending
+                and self._readbacks[-1][0] >= self._live_pending[0]["exposure_end"]
+            )
+
+        while True:
+            with self._lock:
+                self._live.wait_for(ready)
+                if self._live_closed:
+                    return
+                latest = self._readbacks[-1][0]
+                arrived = [f for f in self._live_pending if f["exposure_end"] <= latest]
+                del self._live_pending[: len(arrived)]
+            starts = np.array([f["exposure_start"] for f in arrived])
+            ends = np.array([f["exposure_end"] for f in arrived])
+            zs, travels = self.z_at(0.5 * (starts + ends)), self.z_at(ends) - self.z_at(starts)
+            for frame, z, travel in zip(arrived, zs, travels, strict=True):
+                self.live_frames.append({**frame, "z": float(z), "travel": float(travel)})
+            try:
+                verdict = judge(list(self.live_frames))
+            except Exception:  # a judge that fails never stops a sweep
+                logger.exception("%s: the judge of the live frames failed", self.name)
+                return
+            if verdict:
+                self.stopped_early = True
+                self.stage.stop(success=True)
+                return
 
     def kickoff(self) -> Status:
         if self._target is None:
@@ -97,12 +167,34 @@ class ZFlyer:
         self._saved_velocity = float(self.stage.velocity.get())
         self.stage.velocity.put(self._speed)
         self.stage.readback.subscribe(self._on_readback, run=False)
-        self.camera.start_streaming()
+        self.stopped_early, self.live_frames = False, []
+        judge = self._judge
+        live = (
+            judge is not None
+            and hasattr(self.camera, "anticipate_stream")
+            and hasattr(self.stage, "path_of_move")
+            and hasattr(self.stage, "last_move_start")
+        )
+        if live:
+            # the simulator renders the frames ahead, along the move the stage is about to make
+            duration = abs(self._target - float(self.stage.position)) / self._speed
+            self.camera.anticipate_stream(self.stage.path_of_move(self._target), duration)
+        else:
+            self.camera.start_streaming()
         # the end of the sweep is passed through (the plan moves on from there): no settle
         if can_skip_settle(self.stage):
             self._move = self.stage.set(self._target, settle=False)
         else:
             self._move = self.stage.set(self._target)
+        if live:
+            with self._lock:
+                self._live_pending, self._live_closed = [], False
+            threading.Thread(
+                target=self._judge_live, args=(judge,), name=f"{self.name}-judge", daemon=True
+            ).start()
+            self.camera.start_streaming(
+                start_at=self.stage.last_move_start, on_frame=self._on_live_frame
+            )
         status = Status(obj=self)
         status.set_finished()
         return status
@@ -140,6 +232,9 @@ class ZFlyer:
         return status
 
     def _finish_readbacks(self) -> None:
+        with self._lock:
+            self._live_closed = True
+            self._live.notify_all()
         self.stage.readback.clear_sub(self._on_readback)
         with self._lock:
             self._readbacks.append((time.time(), float(self.stage.position)))
@@ -166,7 +261,7 @@ class ZFlyer:
 
     def _stopped_short(self) -> bool:
         """The sweep ended before its end point (stopped by a pause, a stop or an abort)."""
-        if self.stage.moving or self._target is None:
+        if self.stopped_early or self.stage.moving or self._target is None:
             return False
         span = abs(self._target - self._readbacks[0][1]) if self._readbacks else 1.0
         return abs(float(self.stage.position) - self._target) > max(1e-3, 1e-3 * span)

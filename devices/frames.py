@@ -170,12 +170,7 @@ class FrameRecorder(Device):
         ``saturated_fraction``, ``brenner_noise``) by name.
         """
         self.last_frame = frame
-        values: dict[str, float] = {m: focus_measure(m)(frame) for m in self.measures}
-        values["mean"] = float(frame.mean())
-        values["max"] = int(frame.max())
-        saturated = np.count_nonzero(frame >= self._saturation_adu()) / frame.size
-        values["saturated_fraction"] = float(saturated)
-        values["brenner_noise"] = brenner_noise(frame, self.pixel_variance(frame))
+        values = self._readings(frame)
         for key, value in values.items():
             getattr(self, key).put(value)
         with self._lock:
@@ -189,6 +184,16 @@ class FrameRecorder(Device):
             self._asset_docs.append(
                 ("stream_datum", self._compose_datum(indices=StreamRange(start=i, stop=i + 1)))
             )
+        return values
+
+    def _readings(self, frame: np.ndarray) -> dict[str, float]:
+        """The frame's focus measures and statistics, by name (nothing is recorded)."""
+        values: dict[str, float] = {m: focus_measure(m)(frame) for m in self.measures}
+        values["mean"] = float(frame.mean())
+        values["max"] = int(frame.max())
+        saturated = np.count_nonzero(frame >= self._saturation_adu()) / frame.size
+        values["saturated_fraction"] = float(saturated)
+        values["brenner_noise"] = brenner_noise(frame, self.pixel_variance(frame))
         return values
 
     def collect_asset_docs(self) -> Iterator:

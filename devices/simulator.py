@@ -221,21 +221,27 @@ class OpticalModel:
         image = (1 - w) * images[k, rows, cols] + w * images[k + 1, rows, cols]
         return image[margin:-margin, margin:-margin] if margin else image
 
-    def _clean_frame(self, binning: int, window: tuple[float, float] | None) -> np.ndarray:
+    def _clean_frame(
+        self,
+        binning: int,
+        window: tuple[float, float] | None,
+        position_at: Callable[[float], float] | None = None,
+    ) -> np.ndarray:
         """Noise-free frame; averaged over the Z travelled during ``window`` = (t0, t1)."""
         sources = self.illumination()
-        if window is None or self.stage_position_at is None:
+        position_at = position_at or self.stage_position_at
+        if window is None or position_at is None:
             return self.intensity(self.stage_position(), sources, binning)
         t0, t1 = window
-        z0, z1 = self.stage_position_at(t0), self.stage_position_at(t1)
+        z0, z1 = position_at(t0), position_at(t1)
         # planes a quarter of a depth of field apart integrate the travel within an exposure
         planes = max(1, math.ceil(abs(z1 - z0) / (0.25 * self.depth_of_field_um) - 1e-9))
         if planes == 1:
-            return self.intensity(self.stage_position_at(0.5 * (t0 + t1)), sources, binning)
+            return self.intensity(position_at(0.5 * (t0 + t1)), sources, binning)
         times = t0 + (np.arange(planes) + 0.5) / planes * (t1 - t0)
-        total = self.intensity(self.stage_position_at(float(times[0])), sources, binning)
+        total = self.intensity(position_at(float(times[0])), sources, binning)
         for t in times[1:]:
-            total = total + self.intensity(self.stage_position_at(float(t)), sources, binning)
+            total = total + self.intensity(position_at(float(t)), sources, binning)
         return total / planes
 
     def expose(
@@ -253,24 +259,35 @@ class OpticalModel:
         return frame
 
     def expose_many(
-        self, settings: CameraSettings, windows: list[tuple[float, float]], workers: int = 2
+        self,
+        settings: CameraSettings,
+        windows: list[tuple[float, float]],
+        workers: int = 2,
+        position_at: Callable[[float], float] | None = None,
     ) -> list[np.ndarray]:
-        """Frames for several exposure windows; the optics of each computed in parallel."""
+        """Frames for several exposure windows; the optics of each computed in parallel.
+
+        ``position_at(t)`` gives the stage's Z at the windows' times instead of
+        the stage's recorded path (a path planned ahead).
+        """
         from concurrent.futures import ThreadPoolExecutor
 
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            cleans = list(pool.map(lambda w: self.clean_frame(settings, w), windows))
+            cleans = list(pool.map(lambda w: self.clean_frame(settings, w, position_at), windows))
         frames = [self.add_noise(clean, settings) for clean in cleans]
         self.render_seconds += time.perf_counter() - started
         return frames
 
     def clean_frame(
-        self, settings: CameraSettings, window: tuple[float, float] | None = None
+        self,
+        settings: CameraSettings,
+        window: tuple[float, float] | None = None,
+        position_at: Callable[[float], float] | None = None,
     ) -> np.ndarray:
         """The noise-free frame in the camera's ROI (photons per unit rate)."""
         b = settings.binning
-        clean = self._clean_frame(b, window)
+        clean = self._clean_frame(b, window, position_at)
         x, y, w, h = settings.roi
         return clean[y // b : y // b + h // b, x // b : x // b + w // b]
 

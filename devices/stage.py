@@ -7,6 +7,7 @@ import inspect
 import math
 import threading
 import time
+from collections.abc import Callable
 
 from ophyd import Component as Cpt
 from ophyd import Signal
@@ -84,13 +85,16 @@ class SimZStage(SynAxis):
         self.time_scale = float(time_scale)
         self.readback_rate_hz = float(readback_rate_hz)
         self._lag = 0.0
-        # the path travelled: knots (time.time(), motor position), linear between them
+        # the path, travelled and planned: knots (time.time(), motor position), linear between
+        # them; a move records where it will be when it starts (a stop cuts the plan short)
         self._knot_t: list[float] = [time.time()]
         self._knot_z: list[float] = [float(value)]
         self._motion_lock = threading.Lock()
         self._stop_requested = threading.Event()
         self._stop_success = False
         self._moving = threading.Event()
+        #: when the last move started (``time.time()`` seconds)
+        self.last_move_start = self._knot_t[0]
 
     @property
     def limits(self) -> tuple[float, float]:
@@ -123,12 +127,40 @@ class SimZStage(SynAxis):
 
     def _record(self, t: float, z: float) -> None:
         with self._motion_lock:
-            if self._knot_t and t <= self._knot_t[-1]:
-                t = self._knot_t[-1] + 1e-9
-            self._knot_t.append(t)
-            self._knot_z.append(z)
-            if len(self._knot_t) > 4096:  # only the recent past is ever asked for
-                del self._knot_t[:2048], self._knot_z[:2048]
+            self._append_knot(t, z)
+
+    def _cut_short(self, t: float, z: float) -> None:
+        """The plan beyond ``t`` will not happen: the stage stopped there, at ``z``."""
+        with self._motion_lock:
+            k = bisect.bisect_right(self._knot_t, t)
+            del self._knot_t[k:], self._knot_z[k:]
+            self._append_knot(t, z)
+
+    def _append_knot(self, t: float, z: float) -> None:  # with the motion lock held
+        if self._knot_t and t <= self._knot_t[-1]:
+            t = self._knot_t[-1] + 1e-9
+        self._knot_t.append(t)
+        self._knot_z.append(z)
+        if len(self._knot_t) > 4096:  # only the recent past is ever asked for
+            del self._knot_t[:2048], self._knot_z[:2048]
+
+    def path_of_move(self, target: float) -> Callable[[float], float]:
+        """Where a move from here to ``target`` would put the stage (mechanical truth, µm),
+        ``s`` seconds after it starts, at the current velocity and unless it is stopped.
+
+        The simulator's camera renders a fly sweep's frames from it ahead of the sweep.
+        """
+        start = float(self.sim_state["readback"])
+        target = float(target)
+        speed = self.velocity.get() / self.time_scale if self.time_scale else math.inf
+        duration = abs(target - start) / speed if math.isfinite(speed) else 0.0
+        lag = self.backlash_um.get() if target < start else 0.0 if target > start else self._lag
+
+        def position(s: float) -> float:
+            fraction = 1.0 if duration == 0 else min(1.0, max(0.0, s / duration))
+            return start + (target - start) * fraction + lag
+
+        return position
 
     def move_time_s(self, target: float) -> float:
         distance = abs(target - self.sim_state["setpoint"])
@@ -179,11 +211,13 @@ class SimZStage(SynAxis):
         settle = self.settle_time_s.get() * self.time_scale if settle else 0.0
         self._stop_requested.clear()
         self._moving.set()
+        duration = abs(target - start) / speed if math.isfinite(speed) else 0.0
+        t0 = time.time()
+        self.last_move_start = t0
+        self._record(t0, start)
+        self._record(t0 + duration, target)
 
         def travel() -> None:
-            t0 = time.time()
-            self._record(t0, start)
-            duration = abs(target - start) / speed if math.isfinite(speed) else 0.0
             period = 1.0 / self.readback_rate_hz
             position = start
             if duration > 0:
@@ -196,13 +230,13 @@ class SimZStage(SynAxis):
                 fraction = 1.0 if duration == 0 else min(1.0, (now - t0) / duration)
                 position = start + (target - start) * fraction
                 if self._stop_requested.is_set():
-                    self._record(now, position)
+                    self._cut_short(now, position)
                     break
                 self._update_readback(position, t0 + duration if fraction >= 1.0 else now)
                 if fraction >= 1.0:
-                    self._record(t0 + duration, target)
                     break
-                time.sleep(min(period, max(0.0, t0 + duration - now)) or period / 10)
+                # a stop is obeyed at once, not at the next reading
+                self._stop_requested.wait(min(period, max(0.0, t0 + duration - now)) or period / 10)
             if settle and not self._stop_requested.is_set():
                 time.sleep(settle)
             stopped = self._stop_requested.is_set()

@@ -118,13 +118,40 @@ def test_a_second_fly_sweep_over_the_same_range_computes_no_new_threshold(RE, tm
     assert peak._threshold.cache_info().misses == computed
 
 
-def test_fly_sweep_refuses_a_blank_field_and_returns_the_stage(RE, catalog, tmp_path):
+def test_an_early_stopped_fly_sweep_finds_the_same_focus_with_fewer_frames(RE, catalog, tmp_path):
+    mic = _fly_scope(tmp_path, focus_um=6.0, z_start_um=0.0)
+    subscribe_catalog(RE, catalog, cameras=[mic.camera])
+    dof = mic.depth_of_field_um
+    results = {}
+    for early_stop in (False, True):
+        mic.z.set(mic.true_focus() + 2.5 * dof).wait(timeout=60)  # focus in the lower half
+        plan = fly_sweep(mic.camera, mic.z, mic.led, -5 * dof, 5 * dof, early_stop=early_stop)
+        results[early_stop] = RE(plan).plan_result
+    full, early = results[False], results[True]
+    assert early.extra["stopped_early"] and not full.extra["stopped_early"]
+    assert early.found and abs(early.best_z - mic.true_focus()) <= 0.15 * dof
+    assert mic.z.position == pytest.approx(early.best_z)
+    assert early.exposures < full.exposures
+    assert early.extra["judged_frames"] < full.extra["judged_frames"]
+    assert early.peak_look >= 2  # a look taken during the sweep, at that look's level
+    run = catalog[early.run_uid]
+    assert run.start["fly_early_stop"] and run.start["plan_args"]["early_stop"]
+    table = load_table(run)
+    assert len(table["z"]) == early.exposures
+    assert np.all(np.diff(table["z"]) >= 0)  # one upward sweep
+    # the sweep ended well short of its end (focus + 2.5 DOF + the run-out above the range)
+    assert table["z"].max() < mic.true_focus() + 2.5 * dof + 5 * dof - 2 * dof
+
+
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_fly_sweep_refuses_a_blank_field_and_returns_the_stage(RE, catalog, tmp_path, early_stop):
     blank = ImageSample(amplitude=np.ones((64, 64)), label="blank")
     mic = _fly_scope(tmp_path, sample=blank, z_start_um=3.0)
     subscribe_catalog(RE, catalog, cameras=[mic.camera])
     with pytest.raises(NoFocusFound, match=r"No focus peak.*returned to 3\.00 µm") as refused:
-        RE(fly_sweep(mic.camera, mic.z, mic.led, -15, 15, max_extensions=0))
+        RE(fly_sweep(mic.camera, mic.z, mic.led, -15, 15, max_extensions=0, early_stop=early_stop))
     assert mic.z.position == 3.0
+    assert not refused.value.result.extra["stopped_early"]  # no look during the sweep found one
     assert mic.camera.exposure_time.get() == 0.01 and mic.camera.gain.get() == 1.0
     # nothing stood out at the short exposure: swept again at the full one before refusing
     result = refused.value.result

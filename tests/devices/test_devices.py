@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from ophyd.utils import LimitError
 
-from devices import PATTERNS, SimMicroscope, can_skip_settle
+from devices import PATTERNS, CameraSensor, SimMicroscope, ZFlyer, can_skip_settle
 
 
 def test_stage_refuses_moves_outside_soft_limits(tmp_path):
@@ -33,6 +33,61 @@ def test_a_move_to_a_point_only_passed_through_skips_the_settle(tmp_path):
     settled = time.monotonic() - started - passed
     assert passed < 0.2 < 0.4 <= settled
     assert mic.z.position == 0
+
+
+def test_a_moving_stage_knows_its_planned_path_and_a_stop_cuts_it_short(tmp_path):
+    mic = SimMicroscope(frames_dir=tmp_path, velocity_um_per_s=100, settle_time_s=0)
+    planned = mic.z.path_of_move(10)
+    moving = mic.z.set(10)
+    t0 = mic.z.last_move_start
+    # where the stage will be, while it is still on its way (what a fly sweep is rendered from)
+    assert mic.z.actual_position_at(t0 + 0.05) == pytest.approx(5) == pytest.approx(planned(0.05))
+    time.sleep(0.03)
+    mic.z.stop(success=True)
+    moving.wait(timeout=5)
+    stopped = mic.z.position
+    assert 2 < stopped < 8
+    assert mic.z.actual_position_at(t0 + 0.09) == pytest.approx(stopped)  # the rest never came
+
+
+def test_a_judged_fly_sweep_stops_where_the_judge_says_and_shows_no_frame_early(tmp_path):
+    mic = SimMicroscope(
+        "bars", seed=2, sensor=CameraSensor(shape=(64, 64)), frames_dir=tmp_path, time_scale=1
+    )
+    camera, stage = mic.camera, mic.z
+    camera.exposure_time.put(0.004)
+    seen: list[tuple[float, dict]] = []
+
+    def judge(frames):
+        seen.append((time.time(), frames[-1]))
+        return frames[-1]["z"] > 0
+
+    flyer = ZFlyer(camera, stage)
+    camera.stage()
+    try:
+        stage.set(-20).wait(timeout=60)
+        flyer.prepare(20, 400.0, judge=judge)
+        flyer.kickoff().wait(timeout=60)
+        flyer.complete().wait(timeout=60)
+        events = [event["data"] for event in flyer.collect()]
+    finally:
+        camera.unstage()
+    assert flyer.stopped_early and flyer.live_frames
+    crossed = next(f for f in flyer.live_frames if f["z"] > 0)
+    # stopped soon after the first frame past 0 was read out and its position known
+    assert crossed["z"] < stage.position < 15
+    for when, frame in seen:  # each handed over once read out, never before
+        assert when >= frame["exposure_end"] + camera.readout_time_s
+    recorded = {data["camera_exposure_start"]: data for data in events}
+    for frame in flyer.live_frames:  # what the judge saw is what was recorded, at the true Z
+        data = recorded[frame["exposure_start"]]
+        assert data["camera_brenner"] == frame["brenner"]
+        assert data[flyer.z_key] == pytest.approx(frame["z"], abs=1e-6)
+        mid = 0.5 * (frame["exposure_start"] + frame["exposure_end"])
+        assert abs(frame["z"] - stage.actual_position_at(mid)) < 0.01
+    # frames exposed after the stop are kept too, rendered along the path actually taken
+    assert len(events) >= len(flyer.live_frames)
+    assert max(data[flyer.z_key] for data in events) <= stage.position + 1e-6
 
 
 def test_streaming_overlaps_the_readout_with_the_next_exposure(tmp_path):
