@@ -333,9 +333,10 @@ class SimCamera(FrameRecorder):
             assert anticipated is not None and on_frame is not None
             for k, values in enumerate(anticipated[3]):
                 start = t0 + k * period
-                if stop.wait(max(0.0, start + exposure + readout - time.time())):
-                    return
-                if k >= len(windows):  # not exposed after all
+                while (remaining := start + exposure + readout - time.time()) > 0:
+                    if stop.wait(remaining):
+                        return
+                if stop.is_set() or k >= len(windows):  # not exposed after all
                     return
                 try:
                     on_frame({**values, "exposure_start": start, "exposure_end": start + exposure})
