@@ -16,6 +16,7 @@ from .simulator import FocusState, OpticalModel
 from .slide import FocalSurface, SimXYStage, SlideSample
 from .stage import SimZStage, can_skip_settle
 from .training_data import (
+    DebrisSample,
     LayeredSample,
     RandomisedExamples,
     ScaledSample,
@@ -30,6 +31,7 @@ __all__ = [
     "PATTERNS",
     "SAMPLE_FAMILIES",
     "CameraSensor",
+    "DebrisSample",
     "FocalSurface",
     "FocusState",
     "ImageSample",

@@ -3,6 +3,7 @@ import pytest
 
 from devices import (
     SAMPLE_FAMILIES,
+    DebrisSample,
     LayeredSample,
     ProceduralSample,
     ScaledSample,
@@ -46,6 +47,24 @@ def test_a_scaled_sample_has_the_same_structure_at_another_size():
     assert ScaledSample(cells, 0.5).describe()["sample_scale"] == 0.5
     with pytest.raises(ValueError, match="scale must be positive"):
         ScaledSample(cells, 0)
+
+
+def test_debris_is_sharp_edged_pieces_on_bare_glass_and_joins_the_fields_asked_for():
+    amplitude = np.abs(DebrisSample(4, pieces=10).transmittance((256, 256), 0.325))
+    assert np.median(amplitude) == pytest.approx(1.0, abs=1e-3)  # mostly clean glass
+    assert 0.005 < np.mean(amplitude < 0.8) < 0.5
+    assert np.abs(np.diff(amplitude, axis=1)).max() > 0.3  # an edge within one pixel
+    with pytest.raises(ValueError, match="at least one piece"):
+        DebrisSample(pieces=0)
+    plain = randomised_examples(PAIR, fields=2, shots_per_field=1, seed=5, progress=False)
+    dusty = randomised_examples(
+        PAIR, fields=2, shots_per_field=1, seed=5, debris=1.0, progress=False
+    )
+    assert all(d["sample"].startswith("debris:") for d in dusty.samples)
+    assert not any("debris" in d["sample"] for d in plain.samples)
+    assert dusty.recipe["debris"] == 1.0 and plain.recipe["debris"] == 0.0
+    with pytest.raises(ValueError, match="debris is a share"):
+        randomised_examples(PAIR, debris=1.5, progress=False)
 
 
 def test_randomised_pairs_are_labelled_with_the_true_defocus_and_seeded():
