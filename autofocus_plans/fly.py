@@ -148,6 +148,11 @@ def _expose_with(camera, exposure_s: float, gain: float | None):
 _AT_SPEED_TOLERANCE = 0.02
 
 
+def _at_speed(travel, full_travel: float):
+    """Whether a frame (or each of an array of frames) was exposed entirely at the sweep's speed."""
+    return np.abs(travel - full_travel) <= _AT_SPEED_TOLERANCE * full_travel
+
+
 def _on_pattern_grid(speed: float, period_s: float, dof_um: float) -> float:
     """``speed`` lowered so that frames fall a whole number of pattern steps apart.
 
@@ -186,7 +191,7 @@ class _SweepGeometry:
 
     def judged(self, z: np.ndarray, travel: np.ndarray, full_travel: float) -> np.ndarray:
         """Indices of the judged frames among frames at ``z`` that travelled ``travel`` µm."""
-        at_speed = np.abs(travel - full_travel) <= _AT_SPEED_TOLERANCE * full_travel
+        at_speed = _at_speed(travel, full_travel)
         order = np.flatnonzero(at_speed)[np.argsort(z[at_speed], kind="stable")]
         if len(order) <= self.frames:  # cut short by the stage's limits: all there is
             return order
@@ -238,12 +243,7 @@ def _early_judge(geometry: _SweepGeometry, full_travel: float, looks, early: dic
     pending = list(looks)
 
     def judge(frames) -> bool:
-        judged = [
-            f
-            for f in frames
-            if abs(f["travel"] - full_travel) <= _AT_SPEED_TOLERANCE * full_travel
-            and f["z"] >= lowest
-        ]
+        judged = [f for f in frames if _at_speed(f["travel"], full_travel) and f["z"] >= lowest]
         due = [i for i, (count, _, _) in enumerate(pending) if count <= len(judged)]
         if not due:
             return False
