@@ -145,6 +145,7 @@ def fine_tune(
         label_scale_um=model.label_scale_um,
         metadata=copy.deepcopy(model.metadata),
         net=copy.deepcopy(model.net).to(where),
+        net_options=model.net_options,
     )
     scale = adapted.label_scale_um
     train_frames = examples.frames[is_train]

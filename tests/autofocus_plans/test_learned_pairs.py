@@ -129,6 +129,23 @@ def test_a_pair_model_is_refused_by_single_frame_tracking(pair_model, RE):
         RE(track_focus(mic.camera, mic.z, mic.led, pair_model["path"], num=1, interval_s=0))
 
 
+def _cross_checked(RE, mic, model, start_dof):
+    """One-pair cnn_focus from ``start_dof`` off focus: (result or None, why, origin, row)."""
+    mic.z.set(mic.true_focus() + start_dof * mic.depth_of_field_um).wait()
+    origin, docs, reason = mic.z.position, [], ""
+    try:
+        result = RE(
+            cnn_focus(mic.camera, mic.z, mic.led, model, max_shots=1, fallback="none"),
+            lambda name, doc, docs=docs: docs.append((name, doc)),
+        ).plan_result
+    except RuntimeError as err:
+        result, reason = None, str(err)
+    start_doc = next(d for n, d in docs if n == "start")
+    assert start_doc["cross_check"] == "two-LED shift"
+    (row,) = [d["data"] for n, d in docs if n == "event" and "shift_agrees" in d["data"]]
+    return result, reason, origin, row
+
+
 def test_the_two_led_shift_vouches_for_pairs_the_model_doubts_and_vetoes_misreads(pair_model, RE):
     # the same two frames read by physics (their displacement, no training): where it stands
     # out and agrees with the model the stage moves, although this small model finds cells
@@ -138,19 +155,7 @@ def test_the_two_led_shift_vouches_for_pairs_the_model_doubts_and_vetoes_misread
     dof = mic.depth_of_field_um
     decisions = []
     for start in (-2.5, -1.0, 1.0, 2.5):
-        mic.z.set(mic.true_focus() + start * dof).wait()
-        origin, docs, reason = mic.z.position, [], ""
-        try:
-            result = RE(
-                cnn_focus(mic.camera, mic.z, mic.led, model, max_shots=1, fallback="none"),
-                lambda name, doc, docs=docs: docs.append((name, doc)),
-            ).plan_result
-        except RuntimeError as err:
-            result, reason = None, str(err)
-        start_doc = next(d for n, d in docs if n == "start")
-        assert start_doc["cross_check"] == "two-LED shift"
-        (row,) = [d["data"] for n, d in docs if n == "event" and "shift_agrees" in d["data"]]
-        truth = start * dof
+        result, reason, origin, row = _cross_checked(RE, mic, model, start)
         if row["shift_agrees"] == 1:
             assert result is not None and not result.fell_back, reason
             mean = 0.5 * (row["predicted_defocus_um"] + row["shift_defocus_um"])
@@ -159,10 +164,19 @@ def test_the_two_led_shift_vouches_for_pairs_the_model_doubts_and_vetoes_misread
         elif row["shift_agrees"] == 0:
             assert result is None and "two-LED shift disagree" in reason
             assert mic.z.position == pytest.approx(origin)  # never moved on either
-            assert abs(row["predicted_defocus_um"] - truth) > row["agreement_um"] / 2
+            assert abs(row["predicted_defocus_um"] - start * dof) > row["agreement_um"] / 2
         decisions.append((round(row["novelty"], 2), row["shift_agrees"]))
     assert any(novelty > 1 and agrees == 1 for novelty, agrees in decisions), decisions
-    assert any(agrees == 0 for _, agrees in decisions), decisions
+
+    # a model that misreads the sign (as one trained with the LEDs swapped would): one
+    # shot cannot tell, the two-LED shift can, and the stage never moves on it
+    swapped = models.load_model(pair_model["path"])
+    swapped.label_scale_um = -swapped.label_scale_um
+    for start in (-2.5, 2.5):
+        result, reason, origin, row = _cross_checked(RE, mic, swapped, start)
+        assert row["shift_agrees"] == 0, row
+        assert result is None and "two-LED shift disagree" in reason
+        assert mic.z.position == pytest.approx(origin)
 
     # without the check the novelty alone decides: this small model refuses its own good read
     mic.z.set(mic.true_focus() - 1.0 * dof).wait()

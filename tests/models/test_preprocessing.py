@@ -59,3 +59,31 @@ def test_a_pair_model_checkpoint_round_trips(tmp_path):
     np.testing.assert_allclose(loaded.predict(pairs), model.predict(pairs), rtol=1e-5)
     with pytest.raises(ValueError, match=r"pair of frames \(2, H, W\)"):
         loaded.predict(np.ones((2, 3, 256, 256)))
+
+
+def test_pair_models_locate_the_correlation_peak_and_older_checkpoints_still_load(tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file, save_file
+
+    from models import DefocusModel, load_model
+
+    torch.manual_seed(0)
+    pair = Preprocessing(crop=192, inputs="pair")
+    assert DefocusModel("DefocusCNN", pair).net_options == {"head": "locate"}
+    assert DefocusModel("DefocusCNN", Preprocessing()).net_options == {"head": "pool"}
+    with pytest.raises(ValueError, match="head 'dense'"):
+        DefocusModel("DefocusCNN", pair, net_options={"head": "dense"})
+
+    # a checkpoint written before the options were recorded: pooled, with coordinate channels
+    legacy = DefocusModel("DefocusCNN", pair, net_options={"head": "pool", "coordinates": True})
+    path = legacy.save(tmp_path / "legacy.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        header = dict(f.metadata())
+    del header["net_options"]
+    save_file(load_file(str(path)), str(path), metadata=header)
+    loaded = load_model(path)
+    assert loaded.net_options == {"head": "pool", "coordinates": True}
+    pairs = np.stack([_pair(s, seed=k) for k, s in enumerate((-10, 5))])
+    np.testing.assert_allclose(loaded.predict(pairs), legacy.predict(pairs), rtol=1e-5)
