@@ -342,6 +342,21 @@ def _model_patterns(model, off_axis_pattern: str) -> tuple[str, ...]:
     return patterns
 
 
+def _shift_agreement(model, p95_um: float | None, agreement_um: float) -> tuple[float, float]:
+    """How far apart the model and the two-LED shift may read a pair, and the shift's weight.
+
+    From both estimators' 95th-percentile errors on the model's validation fields
+    (``metadata["reference"]``, stored by ``models.train(reference=...)``): their
+    errors are independent, so the band is the root sum of squares and the shift's
+    weight in the combined estimate its inverse-variance share. A model without
+    those figures gets its own agreement band and an even mean.
+    """
+    shift_p95 = model.metadata.get("reference", {}).get("p95_um")
+    if not (p95_um and shift_p95):
+        return agreement_um, 0.5
+    return math.hypot(p95_um, shift_p95), p95_um**2 / (p95_um**2 + shift_p95**2)
+
+
 def cnn_focus(
     camera: Readable,
     stage: Movable,
@@ -388,9 +403,12 @@ def cnn_focus(
     its two frames gives the defocus whatever the sample
     (:func:`~autofocus_plans.dual_led_model`, no training), and fails in
     other ways than the network. When that estimate stands out of its noise,
-    it decides instead of the novelty and the interval: within the agreement
-    band of the model's, the stage goes to the mean of the two (a sample the
-    model never saw, read right, is used); further apart, the plan falls
+    it decides instead of the novelty and the interval: within their
+    agreement band (the root sum of squares of both estimators' 95th-percentile
+    errors on the model's validation fields, ``metadata["reference"]``; the
+    model's own band when not measured) the stage goes to their
+    inverse-variance weighted mean (a sample the model never saw, read right,
+    is used); further apart, the plan falls
     back (one of them is wrong, and a frame can look familiar to the model
     and still be misread). When it does not stand out (a blank or
     featureless field, beyond what the frame shows), the novelty and the
@@ -414,7 +432,7 @@ def cnn_focus(
         Agreement band when the model carries no validation figures (see above).
     probe_um : float, optional
         Distance of the confirming shot from the first shot's focus; None: twice
-        the agreement band, kept inside the trained range.
+        the wider of the two agreement bands, kept inside the trained range.
     max_interval_um : float, optional
         Widest acceptable interval half-width of a prediction (µm); None: the
         agreement band. Checkpoints without a calibration are not checked.
@@ -457,7 +475,13 @@ def cnn_focus(
     p95 = model.metadata.get("validation", {}).get("p95_um")
     # two independent predictions' errors differ by sqrt(2) times one's spread
     agreement = math.sqrt(2) * float(p95) if p95 else max(2 * tolerance_um, dof)
-    probe = probe_um if probe_um is not None else min(2 * agreement, 0.8 * high_range)
+    shift_agreement, shift_weight = _shift_agreement(model, p95, agreement)
+    # a model stuck on one answer misses the probe by more than either band
+    probe = (
+        probe_um
+        if probe_um is not None
+        else min(2 * max(agreement, shift_agreement), 0.8 * high_range)
+    )
     widest = agreement if max_interval_um is None else float(max_interval_um)
     if not widest > 0:
         raise ValueError(f"max_interval_um must be positive, got {max_interval_um!r}.")
@@ -481,6 +505,7 @@ def cnn_focus(
             "tolerance_um": tolerance_um,
             "probe_um": probe,
             "agreement_um": agreement,
+            "shift_agreement_um": shift_agreement,
             "max_interval_um": widest,
             "fallback": fallback,
             "cross_check": cross_check,
@@ -507,6 +532,7 @@ def cnn_focus(
                 "novelty": 0.0,
                 "expected_um": 0.0,
                 "agreement_um": 0.0,
+                "shift_agreement_um": 0.0,
                 "shot": 0.0,
                 "exposure_s": 0.0,
                 "exposure_ok": 1.0,
@@ -556,7 +582,7 @@ def cnn_focus(
             shift = shift_model.estimate(frames[0], frames[1]) if shift_model else None
             checked = shift is not None and shift.found
             shift_dz = shift.defocus_um if checked else math.nan
-            agrees = checked and abs(dz - shift_dz) <= agreement
+            agrees = checked and abs(dz - shift_dz) <= shift_agreement
             shifts.append(shift_dz)
             # the probe goes against the first prediction: a model stuck on one answer then
             # misses it by more than the probe, whatever that answer is
@@ -571,6 +597,7 @@ def cnn_focus(
                         "novelty": estimate.novelty,
                         "expected_um": expected,
                         "agreement_um": agreement,
+                        "shift_agreement_um": shift_agreement,
                         "shot": float(shot),
                         "exposure_s": exposure_s,
                         "exposure_ok": 1.0,
@@ -591,14 +618,15 @@ def cnn_focus(
                     fell_back=True,
                     reason=(
                         f"the model and the two-LED shift disagree: {dz:+.2f} µm and "
-                        f"{shift_dz:+.2f} µm of defocus, more than the agreement band "
-                        f"({agreement:.2f} µm) apart"
+                        f"{shift_dz:+.2f} µm of defocus, more than their agreement band "
+                        f"({shift_agreement:.2f} µm) apart"
                     ),
                 )
                 break
             if checked:
-                # two estimates that fail in different ways agree: that is the check
-                dz = 0.5 * (dz + shift_dz)
+                # two estimates that fail in different ways agree: that is the check; each
+                # counts by how well it reads (inverse variance), evenly when not measured
+                dz = shift_weight * shift_dz + (1 - shift_weight) * dz
             elif not estimate.familiar:
                 state.update(
                     fell_back=True,

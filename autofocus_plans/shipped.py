@@ -160,7 +160,7 @@ def build_shipped_model(
     from devices import Objective, SimMicroscope, randomised_examples
     from models import OPTICS_KEYS, DefocusExamples, train
 
-    from .dual_led import mirrored_patterns
+    from .dual_led import dual_led_model, mirrored_patterns
     from .learned import PAIR_SEPARATOR
     from .results import optics_metadata
 
@@ -197,6 +197,8 @@ def build_shipped_model(
         name=name,
         progress=progress,
         device=device,
+        # cnn_focus checks each pair against the two-LED shift: measure how well that reads
+        reference=dual_led_model(mic.camera, mic.led, patterns=patterns),
     )
     del examples, generated  # a few GB of frames: free them before the evaluation
     figures = evaluate_on_fresh_fields(model, mic, fields=evaluation_fields)

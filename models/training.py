@@ -156,6 +156,7 @@ def train(
     name: str | None = None,
     progress: bool = True,
     device: str = "cpu",
+    reference: Any = None,
 ) -> DefocusModel:
     """Train a defocus regressor; validation frames come from fields of view never trained on.
 
@@ -172,6 +173,12 @@ def train(
     seed gives the same model on the CPU whatever the machine; a GPU's
     kernels differ in the last digits. The returned model is on the CPU either
     way, and ``metadata["device"]`` records where it trained.
+
+    ``reference`` (pairs only) is an estimator that reads the same pairs another
+    way, e.g. :class:`~models.dual_led.DualLEDDefocus` (its ``estimate(first,
+    second)``): its errors on the validation fields go into
+    ``metadata["reference"]``, so that a plan that checks the model against it
+    (``cnn_focus``'s two-LED cross-check) knows how far apart the two may honestly be.
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"Unknown architecture {architecture!r}; choose one of {ARCHITECTURES}.")
@@ -191,6 +198,11 @@ def train(
             f"The examples are {'frame pairs' if pairs else 'single frames'} but the "
             f"preprocessing expects inputs={preprocessing.inputs!r}; pass "
             f"Preprocessing(inputs={'pair' if pairs else 'frame'!r}) or leave it out."
+        )
+    if reference is not None and not pairs:
+        raise ValueError(
+            "A reference estimator reads frame pairs (N, 2, H, W), but these examples are "
+            "single frames; leave reference out or train on pairs."
         )
     is_train, val_fields = _split_by_fov(examples.fov, val_fraction, rng)
     scale = float(np.max(np.abs(examples.defocus_um))) or 1.0
@@ -277,6 +289,11 @@ def train(
             "limit, so this model cannot tell when a sample is unfamiliar; collect more fields.",
             stacklevel=2,
         )
+    reference_figures = (
+        reference_errors(reference, examples.frames[~is_train], examples.defocus_um[~is_train], dof)
+        if reference is not None
+        else None
+    )
     model.metadata = {
         "name": name or f"{architecture}-{time.strftime('%Y%m%d-%H%M%S')}",
         "architecture": architecture,
@@ -302,7 +319,32 @@ def train(
         "processes": world,
         "device": str(where),
     }
+    if reference_figures:
+        model.metadata["reference"] = reference_figures
     return model
+
+
+def reference_errors(
+    reference: Any, pairs: np.ndarray, truth_um: np.ndarray, dof_um: float
+) -> dict:
+    """How well ``reference`` (``estimate(first, second)``) reads labelled frame pairs.
+
+    MAE / RMSE / p95 over the pairs it gives an estimate for, and the share it
+    gives one for (``found``).
+    """
+    pairs = np.asarray(pairs)
+    if pairs.ndim != 4 or pairs.shape[1] != 2:
+        raise ValueError(
+            f"A reference estimator reads frame pairs (N, 2, H, W), got shape {pairs.shape}."
+        )
+    estimates = [reference.estimate(p[0], p[1]) for p in pairs]
+    found = np.array([e.found for e in estimates])
+    figures = {"name": getattr(reference, "name", type(reference).__name__), "frames": len(pairs)}
+    figures["found"] = float(found.mean()) if len(found) else 0.0
+    if found.any():
+        predicted = np.array([e.defocus_um for e in estimates])[found]
+        figures |= regression_metrics(np.asarray(truth_um)[found], predicted, dof_um)
+    return figures
 
 
 def augment(

@@ -178,6 +178,18 @@ def test_the_two_led_shift_vouches_for_pairs_the_model_doubts_and_vetoes_misread
         assert result is None and "two-LED shift disagree" in reason
         assert mic.z.position == pytest.approx(origin)
 
+    # with both estimators' errors measured (models.train(reference=...)) the band is their
+    # root sum of squares and the better one counts for more in the combined estimate
+    measured = models.load_model(pair_model["path"])
+    p95 = measured.metadata["validation"]["p95_um"]
+    measured.metadata["reference"] = {"p95_um": 2 * p95}
+    result, reason, origin, row = _cross_checked(RE, mic, measured, -2.5)
+    assert row["shift_agreement_um"] == pytest.approx(np.hypot(p95, 2 * p95))
+    assert row["agreement_um"] == pytest.approx(np.sqrt(2) * p95)
+    assert row["shift_agrees"] == 1, (row, reason)
+    weighted = 0.8 * row["predicted_defocus_um"] + 0.2 * row["shift_defocus_um"]
+    assert result.best_z == pytest.approx(origin - weighted, abs=1e-3)
+
     # without the check the novelty alone decides: this small model refuses its own good read
     mic.z.set(mic.true_focus() - 1.0 * dof).wait()
     with pytest.raises(RuntimeError, match="unlike those the model was trained on"):
