@@ -412,7 +412,12 @@ def cnn_focus(
     back (one of them is wrong, and a frame can look familiar to the model
     and still be misread). When it does not stand out (a blank or
     featureless field, beyond what the frame shows), the novelty and the
-    interval decide as above.
+    interval decide as above. In the confirming shot a disagreement vetoes
+    nothing by itself: there the probe checks the model (it must see the move
+    it was sent on), with the novelty and the interval as when the shift does
+    not stand out. The probe lands within about a depth of field of focus,
+    on either side, and just above focus the shift reads some samples (beads,
+    tissue) too close to focus.
 
     Parameters
     ----------
@@ -613,7 +618,7 @@ def cnn_focus(
             if not low_range <= dz <= high_range:
                 state.update(fell_back=True, reason=f"prediction {dz:.2f} µm outside trained range")
                 break
-            if checked and not agrees:
+            if checked and not agrees and shot == 0:
                 state.update(
                     fell_back=True,
                     reason=(
@@ -623,7 +628,7 @@ def cnn_focus(
                     ),
                 )
                 break
-            if checked:
+            if checked and agrees:
                 # two estimates that fail in different ways agree: that is the check; each
                 # counts by how well it reads (inverse variance), evenly when not measured
                 dz = shift_weight * shift_dz + (1 - shift_weight) * dz
