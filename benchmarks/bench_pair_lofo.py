@@ -61,7 +61,7 @@ def _cell(values: list[float]) -> str:
     return f"{values.mean():.2f} (±{np.ptp(values) / values.mean() / 2:.0%})"
 
 
-def _trained(generated, arch: str, seed: int, epochs: int):
+def _trained(generated, arch: str, seed: int, epochs: int, reference=None):
     from models import DefocusExamples, train
 
     examples = DefocusExamples(
@@ -70,7 +70,7 @@ def _trained(generated, arch: str, seed: int, epochs: int):
         generated.fov,
         depth_of_field_um=generated.depth_of_field_um,
     )
-    return train(examples, arch, epochs=epochs, seed=seed, progress=False)
+    return train(examples, arch, epochs=epochs, seed=seed, progress=False, reference=reference)
 
 
 def run(quick: bool) -> str:
