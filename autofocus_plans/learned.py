@@ -342,19 +342,25 @@ def _model_patterns(model, off_axis_pattern: str) -> tuple[str, ...]:
     return patterns
 
 
-def _shift_agreement(model, p95_um: float | None, agreement_um: float) -> tuple[float, float]:
+def _shift_agreement(
+    model, p95_um: float | None, agreement_um: float, interval_um: float = math.nan
+) -> tuple[float, float]:
     """How far apart the model and the two-LED shift may read a pair, and the shift's weight.
 
-    From both estimators' 95th-percentile errors on the model's validation fields
-    (``metadata["reference"]``, stored by ``models.train(reference=...)``): their
-    errors are independent, so the band is the root sum of squares and the shift's
-    weight in the combined estimate its inverse-variance share. A model without
-    those figures gets its own agreement band and an even mean.
+    From the shift's 95th-percentile error on the model's validation fields
+    (``metadata["reference"]``, stored by ``models.train(reference=...)``) and the
+    model's own error for this reading: its calibrated interval (``interval_um``)
+    or its validation p95, whichever is wider, so that a sample the model is
+    unsure of widens the band. The errors are independent, so the band is their
+    root sum of squares and the shift's weight in the combined estimate its
+    inverse-variance share. A model without the shift's figures gets its own
+    agreement band and an even mean.
     """
     shift_p95 = model.metadata.get("reference", {}).get("p95_um")
     if not (p95_um and shift_p95):
         return agreement_um, 0.5
-    return math.hypot(p95_um, shift_p95), p95_um**2 / (p95_um**2 + shift_p95**2)
+    own = max(float(p95_um), interval_um if math.isfinite(interval_um) else 0.0)
+    return math.hypot(own, shift_p95), own**2 / (own**2 + shift_p95**2)
 
 
 def cnn_focus(
@@ -404,9 +410,10 @@ def cnn_focus(
     (:func:`~autofocus_plans.dual_led_model`, no training), and fails in
     other ways than the network. When that estimate stands out of its noise,
     it decides instead of the novelty and the interval: within their
-    agreement band (the root sum of squares of both estimators' 95th-percentile
-    errors on the model's validation fields, ``metadata["reference"]``; the
-    model's own band when not measured) the stage goes to their
+    agreement band (the root sum of squares of the shift's 95th-percentile
+    error on the model's validation fields, ``metadata["reference"]``, and the
+    model's: its interval for this reading or its validation p95, whichever is
+    wider; the model's own band when the shift's is not measured) the stage goes to their
     inverse-variance weighted mean (a sample the model never saw, read right,
     is used); further apart, the plan falls
     back (one of them is wrong, and a frame can look familiar to the model
@@ -480,7 +487,8 @@ def cnn_focus(
     p95 = model.metadata.get("validation", {}).get("p95_um")
     # two independent predictions' errors differ by sqrt(2) times one's spread
     agreement = math.sqrt(2) * float(p95) if p95 else max(2 * tolerance_um, dof)
-    shift_agreement, shift_weight = _shift_agreement(model, p95, agreement)
+    # the narrowest model-vs-shift band (a reading the model is unsure of widens it)
+    shift_agreement = _shift_agreement(model, p95, agreement)[0]
     # a model stuck on one answer misses the probe by more than either band
     probe = (
         probe_um
@@ -587,6 +595,9 @@ def cnn_focus(
             shift = shift_model.estimate(frames[0], frames[1]) if shift_model else None
             checked = shift is not None and shift.found
             shift_dz = shift.defocus_um if checked else math.nan
+            shift_agreement, shift_weight = _shift_agreement(
+                model, p95, agreement, estimate.interval_um
+            )
             agrees = checked and abs(dz - shift_dz) <= shift_agreement
             shifts.append(shift_dz)
             # the probe goes against the first prediction: a model stuck on one answer then

@@ -184,10 +184,12 @@ def test_the_two_led_shift_vouches_for_pairs_the_model_doubts_and_vetoes_misread
     p95 = measured.metadata["validation"]["p95_um"]
     measured.metadata["reference"] = {"p95_um": 2 * p95}
     result, reason, origin, row = _cross_checked(RE, mic, measured, -2.5)
-    assert row["shift_agreement_um"] == pytest.approx(np.hypot(p95, 2 * p95))
+    own = max(p95, row["interval_um"])  # this reading's interval widens it, never narrows it
+    assert row["shift_agreement_um"] == pytest.approx(np.hypot(own, 2 * p95))
     assert row["agreement_um"] == pytest.approx(np.sqrt(2) * p95)
     assert row["shift_agrees"] == 1, (row, reason)
-    weighted = 0.8 * row["predicted_defocus_um"] + 0.2 * row["shift_defocus_um"]
+    weight = own**2 / (own**2 + (2 * p95) ** 2)
+    weighted = (1 - weight) * row["predicted_defocus_um"] + weight * row["shift_defocus_um"]
     assert result.best_z == pytest.approx(origin - weighted, abs=1e-3)
 
     # without the check the novelty alone decides: this small model refuses its own good read
