@@ -154,7 +154,7 @@ class FourierMLP(nn.Module):
 ARCHITECTURES = ("DefocusCNN", "FourierMLP")
 
 
-def default_net_options(architecture: str, preprocessing: Preprocessing) -> dict[str, Any]:
+def _default_net_options(architecture: str, preprocessing: Preprocessing) -> dict[str, Any]:
     """Options of a new network: pairs get the locating head, single frames the pooled one."""
     if architecture != "DefocusCNN":
         return {}
@@ -192,7 +192,7 @@ class DefocusModel:
         self.architecture = architecture
         self.preprocessing = preprocessing or Preprocessing()
         self.net_options = dict(
-            default_net_options(architecture, self.preprocessing)
+            _default_net_options(architecture, self.preprocessing)
             if net_options is None
             else net_options
         )

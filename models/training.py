@@ -289,11 +289,6 @@ def train(
             "limit, so this model cannot tell when a sample is unfamiliar; collect more fields.",
             stacklevel=2,
         )
-    reference_figures = (
-        reference_errors(reference, examples.frames[~is_train], examples.defocus_um[~is_train], dof)
-        if reference is not None
-        else None
-    )
     model.metadata = {
         "name": name or f"{architecture}-{time.strftime('%Y%m%d-%H%M%S')}",
         "architecture": architecture,
@@ -319,24 +314,21 @@ def train(
         "processes": world,
         "device": str(where),
     }
-    if reference_figures:
-        model.metadata["reference"] = reference_figures
+    if reference is not None:
+        model.metadata["reference"] = _reference_errors(
+            reference, examples.frames[~is_train], examples.defocus_um[~is_train], dof
+        )
     return model
 
 
-def reference_errors(
+def _reference_errors(
     reference: Any, pairs: np.ndarray, truth_um: np.ndarray, dof_um: float
 ) -> dict:
     """How well ``reference`` (``estimate(first, second)``) reads labelled frame pairs.
 
     MAE / RMSE / p95 over the pairs it gives an estimate for, and the share it
-    gives one for (``found``).
+    gives one for (``found``). ``train`` has checked that they are pairs.
     """
-    pairs = np.asarray(pairs)
-    if pairs.ndim != 4 or pairs.shape[1] != 2:
-        raise ValueError(
-            f"A reference estimator reads frame pairs (N, 2, H, W), got shape {pairs.shape}."
-        )
     estimates = [reference.estimate(p[0], p[1]) for p in pairs]
     found = np.array([e.found for e in estimates])
     figures = {"name": getattr(reference, "name", type(reference).__name__), "frames": len(pairs)}
